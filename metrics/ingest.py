@@ -1,0 +1,174 @@
+"""Store a validated batch: one transaction, executemany inserts, alerts, late rollups.
+
+Every ingestion path (JSON API, OTLP, the demo generator in process) ends here,
+so alerts, rollup corrections and broadcasts behave the same for all of them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+from collections import defaultdict
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+import orjson
+from django.conf import settings
+from django.db import connection, transaction
+
+from . import rollups, stats
+from .models import Alert, PointDict, iso
+from .processor import evaluate
+from .validation import Row, ValidationErrors, error_item
+
+
+@dataclass
+class IngestResult:
+    accepted: int
+    points: list[PointDict] = field(default_factory=list)
+    breached: list[Alert] = field(default_factory=list)
+    changed: list[Alert] = field(default_factory=list)
+
+
+class CardinalityError(ValidationErrors):
+    pass
+
+
+class _SeriesCache:
+    """Series and services this process has already seen and counted."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.series: set[tuple[str, str, str]] = set()
+        self.services: set[str] = set()
+
+    def clear(self) -> None:
+        with self.lock:
+            self.series.clear()
+            self.services.clear()
+
+
+known = _SeriesCache()
+
+
+def tags_hash(tags: dict) -> str:
+    if not tags:
+        return ""
+    return hashlib.sha1(orjson.dumps(tags, option=orjson.OPT_SORT_KEYS)).hexdigest()
+
+
+def _table(name: str) -> str:
+    return connection.ops.quote_name(name)
+
+
+def _guard_cardinality(rows: list[Row], now: datetime) -> None:
+    """Refuse a request that would create more series or services than allowed."""
+    conf = settings.TELEMETRY
+    new_series: dict[tuple[str, str, str], None] = {}
+    for row in rows:
+        key = (row.service, row.metric_type, tags_hash(row.tags))
+        if key not in known.series:
+            new_series[key] = None
+    new_services = {s for s, _, _ in new_series} - known.services
+    if not new_series:
+        return
+    with connection.cursor() as cur:
+        if new_services:
+            cur.execute(f"SELECT name FROM {_table('metrics_service')} WHERE name IN ({','.join(['%s'] * len(new_services))})", list(new_services))
+            existing = {r[0] for r in cur.fetchall()}
+            missing = new_services - existing
+            if missing:
+                cur.execute(f"SELECT COUNT(*) FROM {_table('metrics_service')}")
+                total = cur.fetchone()[0]
+                if total + len(missing) > conf["MAX_SERVICES"]:
+                    stats.inc("rejected_cardinality")
+                    raise CardinalityError(
+                        f"Service limit reached: {total} services exist, the cap is {conf['MAX_SERVICES']}",
+                        [error_item(None, "service", f"would create {len(missing)} new service(s) beyond MAX_SERVICES")],
+                        status=429,
+                    )
+        per_service: dict[str, list[tuple[str, str, str]]] = defaultdict(list)
+        for key in new_series:
+            per_service[key[0]].append(key)
+        for service, keys in per_service.items():
+            cur.execute(
+                f"SELECT metric_type, tags_hash FROM {_table('metrics_series')} WHERE service = %s", [service]
+            )
+            existing_series = {(service, m, h) for m, h in cur.fetchall()}
+            missing_keys = [k for k in keys if k not in existing_series]
+            if len(existing_series) + len(missing_keys) > conf["MAX_SERIES_PER_SERVICE"]:
+                stats.inc("rejected_cardinality")
+                raise CardinalityError(
+                    f"Series limit reached for service {service!r}: {len(existing_series)} series exist, "
+                    f"the cap is {conf['MAX_SERIES_PER_SERVICE']}; reduce distinct tag combinations",
+                    [error_item(None, "tags", "too many distinct (metric_type, tags) combinations for this service")],
+                    status=429,
+                )
+            if missing_keys:
+                cur.executemany(
+                    f"INSERT INTO {_table('metrics_series')} (service, metric_type, tags_hash, first_seen) "
+                    "VALUES (%s, %s, %s, %s) ON CONFLICT (service, metric_type, tags_hash) DO NOTHING",
+                    [(s, m, h, _db_ts(now)) for s, m, h in missing_keys],
+                )
+    # Only remember after commit would be stricter; a rolled-back request merely
+    # costs one extra lookup later, so remembering now is safe.
+    with known.lock:
+        known.series.update(new_series)
+        known.services.update(s for s, _, _ in new_series)
+
+
+def _db_ts(dt: datetime):  # type: ignore[no-untyped-def]
+    if connection.vendor == "sqlite":
+        return dt.astimezone(UTC).replace(tzinfo=None).isoformat(" ")
+    return dt
+
+
+def _insert_points(rows: list[Row]) -> None:
+    sql = (
+        f"INSERT INTO {_table('metrics_point')} (timestamp, service, metric_type, value, tags) "
+        "VALUES (%s, %s, %s, %s, %s)"
+    )
+    dumps = orjson.dumps
+    params = [
+        (_db_ts(r.timestamp), r.service, r.metric_type, r.value, dumps(r.tags).decode() if r.tags else "{}")
+        for r in rows
+    ]
+    with connection.cursor() as cur:
+        cur.executemany(sql, params)
+
+
+def _touch_services(rows: list[Row], now: datetime) -> None:
+    span: dict[str, tuple[datetime, datetime]] = {}
+    for r in rows:
+        cur_span = span.get(r.service)
+        if cur_span is None:
+            span[r.service] = (r.timestamp, r.timestamp)
+        else:
+            span[r.service] = (min(cur_span[0], r.timestamp), max(cur_span[1], r.timestamp))
+    greatest = "MAX" if connection.vendor == "sqlite" else "GREATEST"
+    least = "MIN" if connection.vendor == "sqlite" else "LEAST"
+    table = _table("metrics_service")
+    sql = (
+        f"INSERT INTO {table} (name, first_seen, last_seen, series_count) VALUES (%s, %s, %s, 0) "
+        f"ON CONFLICT (name) DO UPDATE SET last_seen = {greatest}({table}.last_seen, excluded.last_seen), "
+        f"first_seen = {least}({table}.first_seen, excluded.first_seen)"
+    )
+    with connection.cursor() as cur:
+        cur.executemany(sql, [(name, _db_ts(lo), _db_ts(hi)) for name, (lo, hi) in sorted(span.items())])
+
+
+def store(rows: list[Row], now: datetime | None = None) -> IngestResult:
+    """Commit rows and their alert effects atomically; broadcast after commit."""
+    now = now or datetime.now(UTC)
+    with transaction.atomic():
+        _guard_cardinality(rows, now)
+        _insert_points(rows)
+        _touch_services(rows, now)
+        rollups.refresh_late_minutes(rows)
+        outcome = evaluate(rows)
+    stats.inc("points_ingested", len(rows))
+    points: list[PointDict] = [
+        {"timestamp": iso(r.timestamp) or "", "service": r.service, "metric_type": r.metric_type, "value": r.value, "tags": r.tags}
+        for r in rows
+    ]
+    return IngestResult(accepted=len(rows), points=points, breached=outcome.breached, changed=outcome.changed)

@@ -1,0 +1,319 @@
+from __future__ import annotations
+
+import hashlib
+import secrets
+from datetime import UTC, datetime
+from typing import TypedDict
+
+from django.conf import settings
+from django.db import models
+from django.db.models import Q
+from django.utils import timezone
+
+METRIC_TYPES = ("latency", "error_rate", "throughput", "cpu", "memory")
+METRIC_TYPE_CHOICES = [(m, m) for m in METRIC_TYPES]
+
+
+def iso(dt: datetime | None) -> str | None:
+    """ISO-8601 in UTC with a trailing Z, the one timestamp spelling on the wire."""
+    if dt is None:
+        return None
+    if dt.tzinfo is not None:
+        dt = dt.astimezone(UTC)
+    text = dt.replace(tzinfo=None).isoformat()
+    return text + "Z"
+
+
+class PointDict(TypedDict):
+    timestamp: str
+    service: str
+    metric_type: str
+    value: float
+    tags: dict
+
+
+class PointQuerySet(models.QuerySet["Point"]):
+    def window(self, start: datetime, end: datetime) -> PointQuerySet:
+        return self.filter(timestamp__gte=start, timestamp__lt=end)
+
+    def series(self, services: list[str] | None, metric_types: list[str] | None) -> PointQuerySet:
+        qs = self
+        if services:
+            qs = qs.filter(service__in=services)
+        if metric_types:
+            qs = qs.filter(metric_type__in=metric_types)
+        return qs
+
+
+class Point(models.Model):
+    """One raw measurement. Written in bulk by metrics.ingest, never one by one."""
+
+    timestamp = models.DateTimeField()
+    service = models.CharField(max_length=64)
+    metric_type = models.CharField(max_length=16, choices=METRIC_TYPE_CHOICES)
+    value = models.FloatField()
+    tags = models.JSONField(default=dict, blank=True)
+
+    objects = PointQuerySet.as_manager()
+
+    class Meta:
+        indexes = [
+            # Serves every range read of one series: /metrics/query, charts,
+            # rollup of one minute, per-service status.
+            models.Index(fields=["service", "metric_type", "timestamp"], name="point_series_ts_idx"),
+            # Serves the retention delete and the "latest N points" snapshot.
+            models.Index(fields=["timestamp"], name="point_ts_idx"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.service}/{self.metric_type}={self.value}@{iso(self.timestamp)}"
+
+    def to_dict(self) -> PointDict:
+        return {
+            "timestamp": iso(self.timestamp) or "",
+            "service": self.service,
+            "metric_type": self.metric_type,
+            "value": self.value,
+            "tags": self.tags or {},
+        }
+
+
+class Service(models.Model):
+    name = models.CharField(max_length=64, unique=True)
+    first_seen = models.DateTimeField()
+    last_seen = models.DateTimeField()
+    series_count = models.PositiveIntegerField(default=0)
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class Series(models.Model):
+    """A distinct (service, metric_type, tag set): what the cardinality guard counts."""
+
+    service = models.CharField(max_length=64)
+    metric_type = models.CharField(max_length=16)
+    tags_hash = models.CharField(max_length=40)
+    first_seen = models.DateTimeField()
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["service", "metric_type", "tags_hash"], name="series_identity_uniq"),
+        ]
+
+
+class RollupQuerySet(models.QuerySet["Rollup"]):
+    def window(self, start: datetime, end: datetime) -> RollupQuerySet:
+        return self.filter(minute__gte=start, minute__lt=end)
+
+
+class Rollup(models.Model):
+    """Per (service, metric_type, minute) summary with a mergeable percentile sketch."""
+
+    service = models.CharField(max_length=64)
+    metric_type = models.CharField(max_length=16, choices=METRIC_TYPE_CHOICES)
+    minute = models.DateTimeField()
+    count = models.PositiveIntegerField()
+    sum = models.FloatField()
+    min = models.FloatField()
+    max = models.FloatField()
+    sketch = models.BinaryField()
+
+    objects = RollupQuerySet.as_manager()
+
+    class Meta:
+        constraints = [
+            # One row per series minute; also the index that serves rollup range reads.
+            models.UniqueConstraint(fields=["service", "metric_type", "minute"], name="rollup_series_minute_uniq"),
+        ]
+        indexes = [
+            # Serves the retention delete of old rollups.
+            models.Index(fields=["minute"], name="rollup_minute_idx"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.service}/{self.metric_type}@{iso(self.minute)}"
+
+
+class RollupState(models.Model):
+    """Singleton: every minute before `rolled_through` has its rollups."""
+
+    id = models.PositiveSmallIntegerField(primary_key=True, default=1)
+    rolled_through = models.DateTimeField(null=True, blank=True)
+
+    @classmethod
+    def get(cls) -> RollupState:
+        obj, _ = cls.objects.get_or_create(id=1)
+        return obj
+
+
+class AlertRule(models.Model):
+    ABOVE = "above"
+    BELOW = "below"
+    DIRECTION_CHOICES = [(ABOVE, "above"), (BELOW, "below")]
+
+    metric_type = models.CharField(max_length=16, choices=METRIC_TYPE_CHOICES)
+    service = models.CharField(
+        max_length=64, blank=True, default="", help_text="Empty: default for every service without its own rule."
+    )
+    warning = models.FloatField()
+    critical = models.FloatField()
+    direction = models.CharField(max_length=5, choices=DIRECTION_CHOICES, default=ABOVE)
+    enabled = models.BooleanField(default=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["metric_type", "service"], name="alertrule_scope_uniq"),
+        ]
+        ordering = ["metric_type", "service"]
+
+    def __str__(self) -> str:
+        scope = self.service or "*"
+        return f"{self.metric_type}[{scope}] {self.direction} {self.warning}/{self.critical}"
+
+
+class AlertDict(TypedDict):
+    id: int
+    timestamp: str | None
+    service: str
+    metric_type: str
+    severity: str
+    state: str
+    message: str
+    value: float
+    latest_value: float
+    threshold: float
+    started_at: str | None
+    last_breach_at: str | None
+    resolved_at: str | None
+    breach_count: int
+    acknowledged: bool
+    acknowledged_by: str | None
+    acknowledged_at: str | None
+
+
+class AlertQuerySet(models.QuerySet["Alert"]):
+    def firing(self) -> AlertQuerySet:
+        return self.filter(state=Alert.FIRING)
+
+
+class Alert(models.Model):
+    WARNING = "warning"
+    CRITICAL = "critical"
+    SEVERITY_CHOICES = [(WARNING, "warning"), (CRITICAL, "critical")]
+    FIRING = "firing"
+    RESOLVED = "resolved"
+    STATE_CHOICES = [(FIRING, "firing"), (RESOLVED, "resolved")]
+
+    service = models.CharField(max_length=64)
+    metric_type = models.CharField(max_length=16, choices=METRIC_TYPE_CHOICES)
+    severity = models.CharField(max_length=8, choices=SEVERITY_CHOICES)
+    state = models.CharField(max_length=8, choices=STATE_CHOICES, default=FIRING)
+    value = models.FloatField(help_text="The value that opened the alert.")
+    latest_value = models.FloatField()
+    threshold = models.FloatField()
+    direction = models.CharField(max_length=5, default=AlertRule.ABOVE)
+    message = models.CharField(max_length=255)
+    started_at = models.DateTimeField()
+    last_breach_at = models.DateTimeField()
+    resolved_at = models.DateTimeField(null=True, blank=True)
+    breach_count = models.PositiveIntegerField(default=1)
+    healthy_count = models.PositiveIntegerField(default=0)
+    acknowledged_at = models.DateTimeField(null=True, blank=True)
+    acknowledged_by = models.CharField(max_length=150, blank=True, default="")
+
+    objects = AlertQuerySet.as_manager()
+
+    class Meta:
+        constraints = [
+            # At most one firing alert per series, enforced by the database so two
+            # server instances racing on the same breach cannot open duplicates.
+            models.UniqueConstraint(
+                fields=["service", "metric_type"],
+                condition=Q(state="firing"),
+                name="alert_one_firing_per_series",
+            ),
+        ]
+        indexes = [
+            # Serves /metrics/alerts (newest first) and the alert panel.
+            models.Index(fields=["-started_at"], name="alert_started_idx"),
+            # Serves the retention delete of resolved alerts.
+            models.Index(fields=["state", "resolved_at"], name="alert_state_resolved_idx"),
+        ]
+        ordering = ["-started_at", "-id"]
+
+    def __str__(self) -> str:
+        return f"{self.severity} {self.service}/{self.metric_type} ({self.state})"
+
+    def to_dict(self) -> AlertDict:
+        return {
+            "id": self.pk,
+            "timestamp": iso(self.last_breach_at if self.state == self.FIRING else self.resolved_at),
+            "service": self.service,
+            "metric_type": self.metric_type,
+            "severity": self.severity,
+            "state": self.state,
+            "message": self.message,
+            "value": self.value,
+            "latest_value": self.latest_value,
+            "threshold": self.threshold,
+            "started_at": iso(self.started_at),
+            "last_breach_at": iso(self.last_breach_at),
+            "resolved_at": iso(self.resolved_at),
+            "breach_count": self.breach_count,
+            "acknowledged": self.acknowledged_at is not None,
+            "acknowledged_by": self.acknowledged_by or None,
+            "acknowledged_at": iso(self.acknowledged_at),
+        }
+
+    def acknowledge(self, username: str) -> None:
+        self.acknowledged_at = timezone.now()
+        self.acknowledged_by = username
+        self.save(update_fields=["acknowledged_at", "acknowledged_by"])
+
+    def resolve(self, when: datetime | None = None) -> None:
+        self.state = self.RESOLVED
+        self.resolved_at = when or timezone.now()
+        self.save(update_fields=["state", "resolved_at"])
+
+
+def hash_key(raw: str) -> str:
+    return hashlib.sha256(raw.encode()).hexdigest()
+
+
+class ApiKey(models.Model):
+    """Ingest key. Only its SHA-256 is stored; the key itself is shown once in the admin."""
+
+    name = models.CharField(max_length=100)
+    prefix = models.CharField(max_length=12, editable=False)
+    key_hash = models.CharField(max_length=64, unique=True, editable=False)
+    services = models.CharField(
+        max_length=1000, blank=True, default="", help_text="Comma-separated services this key may write; empty = all."
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+    revoked_at = models.DateTimeField(null=True, blank=True)
+    last_used_at = models.DateTimeField(null=True, blank=True)
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.prefix}…)"
+
+    @classmethod
+    def generate(cls, name: str, services: str = "") -> tuple[ApiKey, str]:
+        raw = "tm_" + secrets.token_urlsafe(32)
+        key = cls.objects.create(name=name, prefix=raw[:10], key_hash=hash_key(raw), services=services)
+        return key, raw
+
+    @property
+    def allowed_services(self) -> set[str]:
+        return {s.strip() for s in self.services.split(",") if s.strip()}
+
+    @property
+    def is_active(self) -> bool:
+        return self.revoked_at is None
+
+
+def telemetry_setting(name: str):  # type: ignore[no-untyped-def]
+    return settings.TELEMETRY[name]

@@ -1,0 +1,270 @@
+"""Threshold alerting: plain Python, no HTTP, called inside the ingest transaction.
+
+Lifecycle per (service, metric_type) series:
+- a breach opens one alert (unique while firing, enforced by the database);
+- further breaches update it (latest value, count, warning -> critical);
+- it resolves once the series has been healthy for ALERT_RESOLVE_POINTS
+  consecutive points and ALERT_RESOLVE_SECONDS since the last breach
+  (hysteresis, so a flapping series does not page twice a minute);
+- a breach after that opens a new alert. Resolved alerts stay as history.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import defaultdict
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+from django.conf import settings
+from django.db import IntegrityError, transaction
+
+from .models import Alert, AlertRule
+from .validation import Row
+
+# Seed defaults: (warning, critical, direction). Throughput alerts when it drops.
+DEFAULT_RULES: dict[str, tuple[float, float, str]] = {
+    "latency": (500.0, 1000.0, AlertRule.ABOVE),
+    "error_rate": (0.05, 0.1, AlertRule.ABOVE),
+    "cpu": (80.0, 95.0, AlertRule.ABOVE),
+    "memory": (80.0, 95.0, AlertRule.ABOVE),
+    "throughput": (100.0, 50.0, AlertRule.BELOW),
+}
+UNIT_SUFFIX = {"latency": " ms", "error_rate": "", "throughput": " req/s", "cpu": "%", "memory": "%"}
+
+
+@dataclass(frozen=True, slots=True)
+class Threshold:
+    warning: float
+    critical: float
+    direction: str
+
+    def severity(self, value: float) -> str | None:
+        if self.direction == AlertRule.BELOW:
+            if value < self.critical:
+                return Alert.CRITICAL
+            if value < self.warning:
+                return Alert.WARNING
+            return None
+        if value > self.critical:
+            return Alert.CRITICAL
+        if value > self.warning:
+            return Alert.WARNING
+        return None
+
+    def limit(self, severity: str) -> float:
+        return self.critical if severity == Alert.CRITICAL else self.warning
+
+    def status(self, value: float | None) -> str:
+        if value is None:
+            return "stale"
+        return self.severity(value) or "healthy"
+
+
+class RuleBook:
+    """Alert rules cached in process; reloaded every few seconds or when a rule is saved."""
+
+    TTL = 5.0
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._loaded_at = 0.0
+        self._defaults: dict[str, Threshold] = {}
+        self._overrides: dict[tuple[str, str], Threshold] = {}
+
+    def invalidate(self) -> None:
+        self._loaded_at = 0.0
+
+    def _load(self) -> None:
+        overrides_env = settings.TELEMETRY["THRESHOLD_OVERRIDES"]
+        defaults: dict[str, Threshold] = {}
+        for metric_type, (warning, critical, direction) in DEFAULT_RULES.items():
+            defaults[metric_type] = Threshold(warning, critical, direction)
+        overrides: dict[tuple[str, str], Threshold] = {}
+        disabled: set[tuple[str, str]] = set()
+        for rule in AlertRule.objects.all():
+            threshold = Threshold(rule.warning, rule.critical, rule.direction)
+            if not rule.enabled:
+                disabled.add((rule.metric_type, rule.service))
+            elif rule.service:
+                overrides[(rule.service, rule.metric_type)] = threshold
+            else:
+                defaults[rule.metric_type] = threshold
+        # Environment overrides (THRESHOLD_LATENCY_WARNING=300) are deploy-time
+        # configuration and win over the default rows; per-service rows win over both.
+        for metric_type, base in list(defaults.items()):
+            warning = overrides_env.get(f"{metric_type}_warning", base.warning)
+            critical = overrides_env.get(f"{metric_type}_critical", base.critical)
+            defaults[metric_type] = Threshold(warning, critical, base.direction)
+        for metric_type, service in disabled:
+            if service:
+                overrides[(service, metric_type)] = Threshold(float("inf"), float("inf"), "off")
+            else:
+                defaults[metric_type] = Threshold(float("inf"), float("inf"), "off")
+        self._defaults, self._overrides = defaults, overrides
+        self._loaded_at = time.monotonic()
+
+    def get(self, service: str, metric_type: str) -> Threshold:
+        if time.monotonic() - self._loaded_at > self.TTL:
+            with self._lock:
+                if time.monotonic() - self._loaded_at > self.TTL:
+                    self._load()
+        return self._overrides.get((service, metric_type)) or self._defaults[metric_type]
+
+
+rules = RuleBook()
+
+
+def _disabled(threshold: Threshold) -> bool:
+    return threshold.direction == "off"
+
+
+def format_message(service: str, metric_type: str, severity: str, value: float, threshold: Threshold) -> str:
+    limit = threshold.limit(severity)
+    word = "below" if threshold.direction == AlertRule.BELOW else "above"
+    unit = UNIT_SUFFIX[metric_type]
+    return f"{service} {metric_type} {value:g}{unit} {word} {severity} threshold {limit:g}{unit}"
+
+
+@dataclass
+class AlertOutcome:
+    breached: list[Alert] = field(default_factory=list)  # alerts a point of this request breached
+    changed: list[Alert] = field(default_factory=list)  # opened, escalated or resolved: broadcast these
+
+
+def evaluate(rows: Iterable[Row]) -> AlertOutcome:
+    """Apply a batch of accepted rows to the alert state. Call inside a transaction."""
+    conf = settings.TELEMETRY
+    resolve_points = conf["ALERT_RESOLVE_POINTS"]
+    resolve_after = timedelta(seconds=conf["ALERT_RESOLVE_SECONDS"])
+
+    by_series: dict[tuple[str, str], list[Row]] = defaultdict(list)
+    for row in rows:
+        by_series[(row.service, row.metric_type)].append(row)
+
+    # Decide which series matter before touching the database: a series needs
+    # work if any point breaches, or if it may have a firing alert to update.
+    interesting: dict[tuple[str, str], tuple[Threshold, list[tuple[Row, str | None]]]] = {}
+    any_breach = False
+    for key, series_rows in by_series.items():
+        threshold = rules.get(*key)
+        if _disabled(threshold):
+            continue
+        series_rows.sort(key=lambda r: r.timestamp)
+        graded = [(r, threshold.severity(r.value)) for r in series_rows]
+        any_breach = any_breach or any(sev for _, sev in graded)
+        interesting[key] = (threshold, graded)
+
+    outcome = AlertOutcome()
+    if not interesting:
+        return outcome
+    services = {service for service, _ in interesting}
+    firing_qs = Alert.objects.firing().filter(service__in=services)
+    # Row locks serialise two instances updating the same alert (PostgreSQL);
+    # SQLite's IMMEDIATE transactions already serialise writers.
+    firing = {(a.service, a.metric_type): a for a in firing_qs.select_for_update().order_by("id")}
+    if not firing and not any_breach:
+        return outcome
+
+    for key, (threshold, graded) in interesting.items():
+        alert = firing.get(key)
+        if alert is None and not any(sev for _, sev in graded):
+            continue
+        alert, breached, changed = _apply_series(alert, key, threshold, graded, resolve_points, resolve_after)
+        if breached is not None:
+            outcome.breached.append(breached)
+        outcome.changed.extend(changed)
+    return outcome
+
+
+def _apply_series(
+    alert: Alert | None,
+    key: tuple[str, str],
+    threshold: Threshold,
+    graded: list[tuple[Row, str | None]],
+    resolve_points: int,
+    resolve_after: timedelta,
+) -> tuple[Alert | None, Alert | None, list[Alert]]:
+    service, metric_type = key
+    changed: list[Alert] = []
+    breached: Alert | None = None
+    dirty = False
+    for row, severity in graded:
+        if severity is not None:
+            if alert is None:
+                alert = _open(service, metric_type, severity, row, threshold)
+                changed.append(alert)
+                dirty = False
+            else:
+                alert.latest_value = row.value
+                alert.breach_count += 1
+                alert.healthy_count = 0
+                if row.timestamp > alert.last_breach_at:
+                    alert.last_breach_at = row.timestamp
+                if severity == Alert.CRITICAL and alert.severity == Alert.WARNING:
+                    alert.severity = Alert.CRITICAL
+                    alert.threshold = threshold.limit(Alert.CRITICAL)
+                    alert.message = format_message(service, metric_type, Alert.CRITICAL, row.value, threshold)
+                    if alert not in changed:
+                        changed.append(alert)
+                dirty = True
+            breached = alert
+        elif alert is not None:
+            alert.latest_value = row.value
+            alert.healthy_count += 1
+            dirty = True
+            if alert.healthy_count >= resolve_points and row.timestamp - alert.last_breach_at >= resolve_after:
+                alert.state = Alert.RESOLVED
+                alert.resolved_at = row.timestamp
+                alert.save()
+                if alert not in changed:
+                    changed.append(alert)
+                if breached is alert:
+                    breached = None
+                alert = None
+                dirty = False
+    if alert is not None and dirty:
+        alert.save()
+    return alert, breached, changed
+
+
+def _open(service: str, metric_type: str, severity: str, row: Row, threshold: Threshold) -> Alert:
+    fields = {
+        "severity": severity,
+        "value": row.value,
+        "latest_value": row.value,
+        "threshold": threshold.limit(severity),
+        "direction": threshold.direction,
+        "message": format_message(service, metric_type, severity, row.value, threshold),
+        "started_at": row.timestamp,
+        "last_breach_at": row.timestamp,
+    }
+    try:
+        with transaction.atomic():
+            return Alert.objects.create(service=service, metric_type=metric_type, **fields)
+    except IntegrityError:
+        # Another instance opened it between our read and our insert: join it.
+        alert = Alert.objects.firing().select_for_update().get(service=service, metric_type=metric_type)
+        alert.latest_value = row.value
+        alert.breach_count += 1
+        alert.healthy_count = 0
+        alert.last_breach_at = max(alert.last_breach_at, row.timestamp)
+        if severity == Alert.CRITICAL and alert.severity == Alert.WARNING:
+            alert.severity = Alert.CRITICAL
+            alert.threshold = threshold.limit(Alert.CRITICAL)
+        alert.save()
+        return alert
+
+
+def series_status(service: str, metric_type: str, value: float | None) -> str:
+    """healthy / warning / critical / stale for one series' current value."""
+    threshold = rules.get(service, metric_type)
+    if _disabled(threshold):
+        return "healthy" if value is not None else "stale"
+    return threshold.status(value)
+
+
+def ensure_utc(dt: datetime) -> datetime:
+    return dt

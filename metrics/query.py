@@ -1,0 +1,294 @@
+"""Answers to /metrics/query and /metrics/services: raw points, exact buckets, merged sketches."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import numpy as np
+from django.conf import settings
+
+from . import rollups, sketch
+from .models import METRIC_TYPES, Alert, Point, Service, iso
+from .validation import SERVICE_RE, ValidationErrors, error_item, parse_timestamp
+
+AGGREGATIONS = ("raw", "1m", "5m", "1h", "auto")
+FIXED_BUCKETS = {"1m": 60, "5m": 300, "1h": 3600}
+# Bucket sizes `auto` may choose, smallest first; sub-minute sizes only on raw data.
+NICE_BUCKETS = [1, 2, 5, 10, 15, 30, 60, 120, 300, 600, 900, 1800, 3600, 7200, 10800, 21600, 43200, 86400]
+AUTO_TARGET_BUCKETS = 300
+PERCENTILES = (0.50, 0.95, 0.99)
+
+
+@dataclass
+class QuerySpec:
+    start: datetime
+    end: datetime
+    services: list[str] | None
+    metric_types: list[str] | None
+    aggregation: str
+    limit: int
+    exact: bool
+
+
+def _as_list(raw: Any, name: str, errors: list) -> list[str] | None:
+    if raw is None or raw == "" or raw == []:
+        return None
+    if isinstance(raw, str):
+        raw = [part for part in raw.split(",") if part]
+    if not isinstance(raw, list) or not all(isinstance(x, str) for x in raw):
+        errors.append(error_item(None, name, "expected an array of strings or null"))
+        return None
+    return raw
+
+
+def parse_query(params: dict[str, Any], now: datetime | None = None) -> QuerySpec:
+    conf = settings.TELEMETRY
+    now = now or datetime.now(UTC)
+    errors: list[dict[str, Any]] = []
+    known = {"start_time", "end_time", "services", "metric_types", "aggregation", "limit", "exact"}
+    for key in params:
+        if key not in known:
+            errors.append(error_item(None, str(key)[:64], f"unknown field; expected one of {', '.join(sorted(known))}"))
+
+    def ts(name: str, default: datetime) -> datetime:
+        raw = params.get(name)
+        if raw in (None, ""):
+            return default
+        try:
+            return parse_timestamp(raw)
+        except (ValueError, OverflowError, OSError):
+            errors.append(error_item(None, name, "unparseable; use ISO-8601 like 2024-01-01T12:00:00Z"))
+            return default
+
+    end = ts("end_time", now)
+    start = ts("start_time", end - timedelta(hours=1))
+    services = _as_list(params.get("services"), "services", errors)
+    if services:
+        bad = [s for s in services if not SERVICE_RE.fullmatch(s)]
+        if bad:
+            errors.append(error_item(None, "services", f"invalid service name {bad[0][:64]!r}"))
+    metric_types = _as_list(params.get("metric_types"), "metric_types", errors)
+    if metric_types:
+        bad = [m for m in metric_types if m not in METRIC_TYPES]
+        if bad:
+            errors.append(error_item(None, "metric_types", f"unknown metric type {bad[0][:32]!r}; expected {', '.join(METRIC_TYPES)}"))
+    aggregation = params.get("aggregation") or "raw"
+    if aggregation not in AGGREGATIONS:
+        errors.append(error_item(None, "aggregation", f"must be one of {', '.join(AGGREGATIONS)}"))
+    limit_raw = params.get("limit", conf["QUERY_DEFAULT_LIMIT"])
+    limit = conf["QUERY_DEFAULT_LIMIT"]
+    try:
+        if isinstance(limit_raw, bool) or isinstance(limit_raw, float):
+            raise ValueError
+        limit = int(limit_raw)
+        if limit < 1 or limit > 100_000:
+            raise ValueError
+    except (TypeError, ValueError):
+        errors.append(error_item(None, "limit", "must be an integer between 1 and 100000"))
+    exact_raw = params.get("exact", False)
+    exact = exact_raw in (True, "true", "1", 1)
+    if exact_raw not in (True, False, "true", "false", "1", "0", 1, 0, None, ""):
+        errors.append(error_item(None, "exact", "must be a boolean"))
+    if not errors:
+        retention = timedelta(days=conf["ROLLUP_RETENTION_DAYS"])
+        if end <= start:
+            errors.append(error_item(None, "end_time", "must be after start_time"))
+        elif end - start > retention:
+            errors.append(error_item(None, "start_time", f"the range may span at most {conf['ROLLUP_RETENTION_DAYS']} days"))
+        elif start < now - retention - timedelta(minutes=1):
+            errors.append(error_item(None, "start_time", f"older than the rollup retention ({conf['ROLLUP_RETENTION_DAYS']} days)"))
+        elif aggregation == "raw" and start < now - timedelta(hours=conf["RAW_RETENTION_HOURS"]):
+            errors.append(
+                error_item(None, "start_time", f"raw points are kept {conf['RAW_RETENTION_HOURS']} h; use a bucketed aggregation")
+            )
+    if errors:
+        raise ValidationErrors("Invalid query", errors)
+    return QuerySpec(start, end, services, metric_types, aggregation, limit, exact)
+
+
+def bucket_seconds(spec: QuerySpec, use_raw: bool) -> int:
+    if spec.aggregation in FIXED_BUCKETS:
+        return FIXED_BUCKETS[spec.aggregation]
+    target = (spec.end - spec.start).total_seconds() / AUTO_TARGET_BUCKETS
+    for size in NICE_BUCKETS:
+        if size >= target and (use_raw or size >= 60):
+            return size
+    return NICE_BUCKETS[-1]
+
+
+def run(spec: QuerySpec, now: datetime | None = None) -> dict[str, Any]:
+    now = now or datetime.now(UTC)
+    if spec.aggregation == "raw":
+        return raw_points(spec)
+    conf = settings.TELEMETRY
+    raw_floor = now - timedelta(hours=conf["RAW_RETENTION_HOURS"])
+    span = (spec.end - spec.start).total_seconds()
+    short = span <= conf["QUERY_RAW_MAX_SECONDS"]
+    use_raw = spec.start >= raw_floor and (short or spec.exact)
+    size = bucket_seconds(spec, use_raw)
+    if use_raw:
+        data = exact_buckets(spec, size)
+        source = "raw"
+    else:
+        data = sketch_buckets(spec, size)
+        source = "rollup"
+    return {
+        "data": data,
+        "source": source,
+        "aggregation": spec.aggregation,
+        "bucket_seconds": size,
+        "start_time": iso(spec.start),
+        "end_time": iso(spec.end),
+    }
+
+
+def raw_points(spec: QuerySpec) -> dict[str, Any]:
+    qs = Point.objects.series(spec.services, spec.metric_types).window(spec.start, spec.end).order_by("timestamp", "id")
+    rows = list(qs.values_list("timestamp", "service", "metric_type", "value", "tags")[: spec.limit + 1])
+    truncated = len(rows) > spec.limit
+    data = [
+        {"timestamp": iso(t), "service": s, "metric_type": m, "value": v, "tags": tags or {}}
+        for t, s, m, v, tags in rows[: spec.limit]
+    ]
+    return {"data": data, "source": "raw", "aggregation": "raw", "truncated": truncated}
+
+
+def _bucket_groups(
+    service: np.ndarray, metric_type: np.ndarray, when: np.ndarray, size: int
+) -> tuple[np.ndarray, list[tuple[int, str, str]]]:
+    """Group id per row for (bucket, service, metric_type), and each group's key, in output order."""
+    bucket = (np.floor(when / size) * size).astype(np.int64)
+    keys = np.char.add(np.char.add(service.astype(str), "|"), metric_type.astype(str))
+    series_uniq, series_id = np.unique(keys, return_inverse=True)
+    bucket_uniq, bucket_id = np.unique(bucket, return_inverse=True)
+    combined = bucket_id.astype(np.int64) * len(series_uniq) + series_id
+    group_uniq, group_id = np.unique(combined, return_inverse=True)
+    names = [k.split("|", 1) for k in series_uniq.tolist()]
+    out_keys = [
+        (int(bucket_uniq[g // len(series_uniq)]), names[g % len(series_uniq)][0], names[g % len(series_uniq)][1])
+        for g in group_uniq.tolist()
+    ]
+    return group_id, out_keys
+
+
+def _row(key: tuple[int, str, str], p: Sequence[float], mn: float, mx: float, total: float, n: float) -> dict[str, Any]:
+    def f(x: float) -> float | None:
+        return None if x is None or math.isnan(x) else float(x)
+
+    return {
+        "timestamp": iso(rollups.from_epoch(key[0])),
+        "service": key[1],
+        "metric_type": key[2],
+        "p50": f(p[0]),
+        "p95": f(p[1]),
+        "p99": f(p[2]),
+        "min": f(mn),
+        "max": f(mx),
+        "avg": f(total / n) if n else None,
+        "count": int(n),
+    }
+
+
+def exact_buckets(spec: QuerySpec, size: int) -> list[dict[str, Any]]:
+    service, metric_type, when, value = rollups.fetch_raw(spec.start, spec.end, spec.services, spec.metric_types)
+    if not len(when):
+        return []
+    group_id, keys = _bucket_groups(service, metric_type, when, size)
+    n_groups = len(keys)
+    # Sort by (group, value) once; each group's percentiles are then positions
+    # in its slice, with numpy's default linear interpolation.
+    order = np.lexsort((value, group_id))
+    sorted_vals = value[order]
+    counts = np.bincount(group_id, minlength=n_groups)
+    starts = np.r_[0, np.cumsum(counts)[:-1]]
+    pct = np.empty((n_groups, len(PERCENTILES)))
+    for qi, q in enumerate(PERCENTILES):
+        pos = q * (counts - 1)
+        lo = np.floor(pos).astype(np.int64)
+        hi = np.minimum(lo + 1, counts - 1)
+        frac = pos - lo
+        pct[:, qi] = sorted_vals[starts + lo] * (1 - frac) + sorted_vals[starts + hi] * frac
+    sums = np.bincount(group_id, weights=value, minlength=n_groups)
+    mins = sorted_vals[starts]
+    maxs = sorted_vals[starts + counts - 1]
+    return [_row(keys[g], pct[g], mins[g], maxs[g], sums[g], counts[g]) for g in range(n_groups)]
+
+
+def minute_summaries(spec: QuerySpec, start: datetime, end: datetime) -> rollups.MinuteSummaries:
+    """Per-minute summaries for [start, end): rollups before the boundary, raw after it."""
+    boundary = rollups.rolled_through() or start
+    boundary = min(max(boundary, start), end)
+    parts = []
+    if start < boundary:
+        parts.append(rollups.fetch_rollups(start, boundary, spec.services, spec.metric_types))
+    if boundary < end:
+        parts.append(rollups.summarise(*rollups.fetch_raw(boundary, end, spec.services, spec.metric_types)))
+    return rollups.MinuteSummaries.concat(parts)
+
+
+def sketch_buckets(spec: QuerySpec, size: int) -> list[dict[str, Any]]:
+    # Whole minutes only: a rollup cannot be split, so the range widens to them.
+    start = rollups.floor_minute(spec.start)
+    end = spec.end
+    summaries = minute_summaries(spec, start, end)
+    if not len(summaries):
+        return []
+    group_id, keys = _bucket_groups(summaries.service, summaries.metric_type, summaries.minute.astype(np.float64), size)
+    n_groups = len(keys)
+    counts = np.bincount(group_id, weights=summaries.count, minlength=n_groups)
+    sums = np.bincount(group_id, weights=summaries.sum, minlength=n_groups)
+    mins = np.full(n_groups, np.inf)
+    np.minimum.at(mins, group_id, summaries.min)
+    maxs = np.full(n_groups, -np.inf)
+    np.maximum.at(maxs, group_id, summaries.max)
+    pct = sketch.grouped_quantiles(summaries.sketches, group_id, n_groups, PERCENTILES, mins, maxs)
+    return [_row(keys[g], pct[g], mins[g], maxs[g], sums[g], counts[g]) for g in range(n_groups)]
+
+
+# --- /metrics/services ----------------------------------------------------------
+
+
+def services_overview(now: datetime | None = None, window_seconds: int | None = None) -> list[dict[str, Any]]:
+    now = now or datetime.now(UTC)
+    window = window_seconds or settings.TELEMETRY["SERVICE_WINDOW_SECONDS"]
+    start = now - timedelta(seconds=window)
+    service, metric_type, when, value = rollups.fetch_raw(start, now + timedelta(seconds=1), None, None)
+    stats: dict[str, dict[str, dict[str, float | None]]] = {}
+    if len(when):
+        group_id, keys = _bucket_groups(service, metric_type, np.zeros_like(when), 10**9)
+        for g, (_, svc, mt) in enumerate(keys):
+            mask = group_id == g
+            vals = value[mask]
+            latest = vals[np.argmax(when[mask])]
+            p50, p95, p99 = np.percentile(vals, [50, 95, 99])
+            stats.setdefault(svc, {})[mt] = {
+                "current": float(latest),
+                "avg": float(vals.mean()),
+                "p50": float(p50),
+                "p95": float(p95),
+                "p99": float(p99),
+                "min": float(vals.min()),
+                "max": float(vals.max()),
+                "count": int(len(vals)),
+            }
+    firing: dict[str, str] = {}
+    for svc, severity in Alert.objects.firing().values_list("service", "severity"):
+        if severity == Alert.CRITICAL or svc not in firing:
+            firing[svc] = severity
+    out = []
+    for svc in Service.objects.order_by("name"):
+        metrics = stats.get(svc.name, {})
+        if not metrics:
+            status = "stale"
+        elif firing.get(svc.name) == Alert.CRITICAL:
+            status = "unhealthy"
+        elif firing.get(svc.name) == Alert.WARNING:
+            status = "degraded"
+        else:
+            status = "healthy"
+        out.append({"service": svc.name, "status": status, "last_seen": iso(svc.last_seen), "metrics": metrics})
+    return out

@@ -1,0 +1,321 @@
+"""Per-minute rollups: computing them from raw points, keeping them current, merging them.
+
+`rolled_through` (RollupState) is the boundary: every complete minute before it
+has its Rollup rows; minutes from it onwards are read from raw points. A late
+point for a minute before the boundary recomputes that minute inside the ingest
+transaction, so long-range answers always match raw answers.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+import numpy as np
+from django.db import connection, transaction
+
+from . import sketch
+from .models import Rollup, RollupState
+
+log = logging.getLogger(__name__)
+MINUTE = 60
+
+
+def epoch_sql(column: str = "timestamp") -> str:
+    """SQL for a datetime column as float Unix seconds (no per-row Python parsing)."""
+    if connection.vendor == "sqlite":
+        return f"((julianday({column}) - 2440587.5) * 86400.0)"
+    return f"EXTRACT(EPOCH FROM {column})::float8"
+
+
+def to_epoch(dt: datetime) -> float:
+    return dt.timestamp()
+
+
+def from_epoch(seconds: float) -> datetime:
+    return datetime.fromtimestamp(seconds, tz=UTC)
+
+
+def floor_minute(dt: datetime) -> datetime:
+    return dt.replace(second=0, microsecond=0)
+
+
+def db_ts(dt: datetime):  # type: ignore[no-untyped-def]
+    if connection.vendor == "sqlite":
+        return dt.astimezone(UTC).replace(tzinfo=None).isoformat(" ")
+    return dt
+
+
+@dataclass
+class MinuteSummaries:
+    """Columnar per-(series, minute) summaries: rollup rows or raw points summarised alike."""
+
+    service: np.ndarray  # object array of str
+    metric_type: np.ndarray  # object array of str
+    minute: np.ndarray  # int64 epoch seconds (start of minute)
+    count: np.ndarray
+    sum: np.ndarray
+    min: np.ndarray
+    max: np.ndarray
+    sketches: list[bytes]
+
+    def __len__(self) -> int:
+        return len(self.minute)
+
+    @classmethod
+    def empty(cls) -> MinuteSummaries:
+        o = np.array([], dtype=object)
+        z = np.array([], dtype=np.float64)
+        return cls(o, o, np.array([], dtype=np.int64), z, z, z, z, [])
+
+    @classmethod
+    def concat(cls, parts: Sequence[MinuteSummaries]) -> MinuteSummaries:
+        parts = [p for p in parts if len(p)]
+        if not parts:
+            return cls.empty()
+        if len(parts) == 1:
+            return parts[0]
+        return cls(
+            np.concatenate([p.service for p in parts]),
+            np.concatenate([p.metric_type for p in parts]),
+            np.concatenate([p.minute for p in parts]),
+            np.concatenate([p.count for p in parts]),
+            np.concatenate([p.sum for p in parts]),
+            np.concatenate([p.min for p in parts]),
+            np.concatenate([p.max for p in parts]),
+            [b for p in parts for b in p.sketches],
+        )
+
+
+def fetch_raw(
+    start: datetime, end: datetime, services: Sequence[str] | None, metric_types: Sequence[str] | None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(service, metric_type, epoch seconds, value) of raw points in [start, end)."""
+    where = ["timestamp >= %s", "timestamp < %s"]
+    params: list = [db_ts(start), db_ts(end)]
+    if services:
+        where.append(f"service IN ({','.join(['%s'] * len(services))})")
+        params.extend(services)
+    if metric_types:
+        where.append(f"metric_type IN ({','.join(['%s'] * len(metric_types))})")
+        params.extend(metric_types)
+    sql = f"SELECT service, metric_type, {epoch_sql()}, value FROM metrics_point WHERE {' AND '.join(where)}"
+    with connection.cursor() as cur:
+        cur.execute(sql, params)
+        rows = cur.fetchall()
+    if not rows:
+        e = np.array([], dtype=object)
+        return e, e, np.array([], dtype=np.float64), np.array([], dtype=np.float64)
+    svc, mt, ts, val = zip(*rows, strict=True)
+    return (
+        np.array(svc, dtype=object),
+        np.array(mt, dtype=object),
+        np.array(ts, dtype=np.float64),
+        np.array(val, dtype=np.float64),
+    )
+
+
+def summarise(service: np.ndarray, metric_type: np.ndarray, ts: np.ndarray, value: np.ndarray) -> MinuteSummaries:
+    """Group raw points by (series, minute) and build each group's summary and sketch, vectorised."""
+    if not len(ts):
+        return MinuteSummaries.empty()
+    series_keys = np.char.add(np.char.add(service.astype(str), "|"), metric_type.astype(str))
+    series_uniq, series_id = np.unique(series_keys, return_inverse=True)
+    minute = (np.floor(ts / MINUTE) * MINUTE).astype(np.int64)
+    minute_uniq, minute_id = np.unique(minute, return_inverse=True)
+    group = series_id.astype(np.int64) * len(minute_uniq) + minute_id
+    order = np.argsort(group, kind="stable")
+    group_sorted = group[order]
+    vals = value[order]
+    starts = np.flatnonzero(np.r_[True, group_sorted[1:] != group_sorted[:-1]])
+    gids = group_sorted[starts]
+    counts = np.diff(np.r_[starts, len(vals)]).astype(np.float64)
+    sums = np.add.reduceat(vals, starts)
+    mins = np.minimum.reduceat(vals, starts)
+    maxs = np.maximum.reduceat(vals, starts)
+    # Sketches: count (group, bucket) pairs in one pass, then slice per group.
+    idx = sketch.bucket_indices(vals).astype(np.int64)
+    pair = group_sorted * 65536 + (idx + 32768)
+    pair_uniq, pair_counts = np.unique(pair, return_counts=True)
+    pair_group = pair_uniq // 65536
+    rec = np.empty(len(pair_uniq), dtype=sketch.RECORD)
+    rec["i"] = (pair_uniq % 65536) - 32768
+    rec["c"] = pair_counts
+    bounds = np.searchsorted(pair_group, gids, side="left")
+    bounds_end = np.r_[bounds[1:], len(pair_uniq)]
+    raw = rec.tobytes()
+    size = sketch.RECORD.itemsize
+    blobs = [raw[a * size : b * size] for a, b in zip(bounds.tolist(), bounds_end.tolist(), strict=True)]
+    sid = gids // len(minute_uniq)
+    mid = gids % len(minute_uniq)
+    parts = np.array([k.split("|", 1) for k in series_uniq.tolist()], dtype=object).reshape(-1, 2)
+    return MinuteSummaries(
+        service=parts[sid, 0],
+        metric_type=parts[sid, 1],
+        minute=minute_uniq[mid],
+        count=counts,
+        sum=sums,
+        min=mins,
+        max=maxs,
+        sketches=blobs,
+    )
+
+
+def fetch_rollups(
+    start: datetime, end: datetime, services: Sequence[str] | None, metric_types: Sequence[str] | None
+) -> MinuteSummaries:
+    where = ["minute >= %s", "minute < %s"]
+    params: list = [db_ts(start), db_ts(end)]
+    if services:
+        where.append(f"service IN ({','.join(['%s'] * len(services))})")
+        params.extend(services)
+    if metric_types:
+        where.append(f"metric_type IN ({','.join(['%s'] * len(metric_types))})")
+        params.extend(metric_types)
+    sql = (
+        f"SELECT service, metric_type, {epoch_sql('minute')}, count, sum, min, max, sketch "
+        f"FROM metrics_rollup WHERE {' AND '.join(where)}"
+    )
+    with connection.cursor() as cur:
+        cur.execute(sql, params)
+        rows = cur.fetchall()
+    if not rows:
+        return MinuteSummaries.empty()
+    svc, mt, minute, cnt, sm, mn, mx, sk = zip(*rows, strict=True)
+    return MinuteSummaries(
+        np.array(svc, dtype=object),
+        np.array(mt, dtype=object),
+        np.rint(np.array(minute, dtype=np.float64)).astype(np.int64),
+        np.array(cnt, dtype=np.float64),
+        np.array(sm, dtype=np.float64),
+        np.array(mn, dtype=np.float64),
+        np.array(mx, dtype=np.float64),
+        [bytes(b) for b in sk],
+    )
+
+
+def _upsert(summaries: MinuteSummaries) -> int:
+    if not len(summaries):
+        return 0
+    table = connection.ops.quote_name("metrics_rollup")
+    sql = (
+        f"INSERT INTO {table} (service, metric_type, minute, count, sum, min, max, sketch) "
+        "VALUES (%s, %s, %s, %s, %s, %s, %s, %s) "
+        "ON CONFLICT (service, metric_type, minute) DO UPDATE SET count = excluded.count, "
+        "sum = excluded.sum, min = excluded.min, max = excluded.max, sketch = excluded.sketch"
+    )
+    params = [
+        (s, m, db_ts(from_epoch(int(t))), int(c), float(su), float(mn), float(mx), blob)
+        for s, m, t, c, su, mn, mx, blob in zip(
+            summaries.service.tolist(),
+            summaries.metric_type.tolist(),
+            summaries.minute.tolist(),
+            summaries.count.tolist(),
+            summaries.sum.tolist(),
+            summaries.min.tolist(),
+            summaries.max.tolist(),
+            summaries.sketches,
+            strict=True,
+        )
+    ]
+    with connection.cursor() as cur:
+        cur.executemany(sql, params)
+    return len(params)
+
+
+def _lock_state() -> RollupState:
+    RollupState.objects.get_or_create(id=1)
+    return RollupState.objects.select_for_update().get(id=1)
+
+
+def roll_up(now: datetime | None = None, chunk: timedelta = timedelta(minutes=10)) -> int:
+    """Roll up every complete minute not yet rolled up. Returns the number of rollup rows written."""
+    now = now or datetime.now(UTC)
+    target = floor_minute(now)
+    written = 0
+    while True:
+        with transaction.atomic():
+            state = _lock_state()
+            start = state.rolled_through
+            if start is None:
+                first = _first_point_time()
+                if first is None:
+                    state.rolled_through = target
+                    state.save(update_fields=["rolled_through"])
+                    return written
+                start = floor_minute(first)
+            if start >= target:
+                return written
+            end = min(start + chunk, target)
+            written += _upsert(summarise(*fetch_raw(start, end, None, None)))
+            state.rolled_through = end
+            state.save(update_fields=["rolled_through"])
+        if end >= target:
+            return written
+
+
+def _first_point_time() -> datetime | None:
+    with connection.cursor() as cur:
+        cur.execute(f"SELECT MIN({epoch_sql()}) FROM metrics_point")
+        row = cur.fetchone()
+    return None if row is None or row[0] is None else from_epoch(float(row[0]))
+
+
+def rolled_through(for_share: bool = False) -> datetime | None:
+    if for_share and connection.vendor == "postgresql":
+        # FOR SHARE: concurrent ingests proceed together, but roll_up (FOR UPDATE)
+        # waits for them, so it never advances past a minute whose points are
+        # still uncommitted.
+        with connection.cursor() as cur:
+            cur.execute("SELECT rolled_through FROM metrics_rollupstate WHERE id = 1 FOR SHARE")
+            row = cur.fetchone()
+        return row[0] if row else None
+    state = RollupState.objects.filter(id=1).values_list("rolled_through", flat=True).first()
+    return state
+
+
+def refresh_late_minutes(rows: Iterable) -> int:
+    """Recompute rollups of minutes that already had them when late points arrive."""
+    boundary = rolled_through(for_share=True)
+    if boundary is None:
+        return 0
+    late = {(r.service, r.metric_type, floor_minute(r.timestamp)) for r in rows if r.timestamp < boundary}
+    if not late:
+        return 0
+    return recompute(late)
+
+
+def recompute(series_minutes: Iterable[tuple[str, str, datetime]]) -> int:
+    """Rebuild the given (service, metric_type, minute) rollups from raw points, in one read."""
+    wanted = set(series_minutes)
+    if not wanted:
+        return 0
+    services = sorted({s for s, _, _ in wanted})
+    types = sorted({m for _, m, _ in wanted})
+    lo = min(m for _, _, m in wanted)
+    hi = max(m for _, _, m in wanted) + timedelta(minutes=1)
+    summaries = summarise(*fetch_raw(lo, hi, services, types))
+    keep = np.array(
+        [
+            (s, m, from_epoch(int(t))) in wanted
+            for s, m, t in zip(summaries.service.tolist(), summaries.metric_type.tolist(), summaries.minute.tolist(), strict=True)
+        ],
+        dtype=bool,
+    )
+    if not keep.any():
+        return 0
+    idx = np.flatnonzero(keep)
+    return _upsert(
+        MinuteSummaries(
+            summaries.service[idx],
+            summaries.metric_type[idx],
+            summaries.minute[idx],
+            summaries.count[idx],
+            summaries.sum[idx],
+            summaries.min[idx],
+            summaries.max[idx],
+            [summaries.sketches[i] for i in idx.tolist()],
+        )
+    )

@@ -1,0 +1,10 @@
+from django.db.models.signals import post_delete, post_save
+from django.dispatch import receiver
+
+from .models import AlertRule
+from .processor import rules
+
+
+@receiver([post_save, post_delete], sender=AlertRule)
+def reload_rules(**kwargs: object) -> None:
+    rules.invalidate()

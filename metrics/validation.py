@@ -1,0 +1,210 @@
+"""Validation of ingested points: one pass, no model instances, field-level errors.
+
+This is the hot path of ingestion, so it is a tight loop over plain dicts rather
+than a Form per point; each rule below is one of the documented contracts and
+each failure names the point index, the field and the reason.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import orjson
+from django.conf import settings
+
+from .models import METRIC_TYPES
+
+SERVICE_RE = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+TAG_KEY_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_.\-/]*")
+
+# (minimum, maximum) per metric type; None = unbounded.
+RANGES: dict[str, tuple[float, float | None]] = {
+    "latency": (0.0, None),
+    "error_rate": (0.0, 1.0),
+    "throughput": (0.0, None),
+    "cpu": (0.0, 100.0),
+    "memory": (0.0, 100.0),
+}
+UNITS = {"latency": "ms", "error_rate": "fraction 0-1", "throughput": "req/s", "cpu": "%", "memory": "%"}
+MAX_VALUE = 1e15
+
+
+@dataclass(frozen=True, slots=True)
+class Row:
+    timestamp: datetime
+    service: str
+    metric_type: str
+    value: float
+    tags: dict[str, Any]
+
+
+@dataclass
+class ValidationErrors(Exception):
+    message: str
+    details: list[dict[str, Any]] = field(default_factory=list)
+    status: int = 400
+
+
+def error_item(index: int | None, field_name: str, message: str) -> dict[str, Any]:
+    return {"index": index, "field": field_name, "message": message}
+
+
+def parse_json(body: bytes) -> Any:
+    if not body:
+        raise ValidationErrors("Request body is empty", [error_item(None, "body", "expected a JSON document")])
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise ValidationErrors("Invalid JSON", [error_item(None, "body", str(exc))]) from None
+
+
+def extract_points(payload: Any, max_points: int) -> list[Any]:
+    """The three accepted shapes: one point, an array, or {"metrics": [...]}."""
+    if isinstance(payload, list):
+        points = payload
+    elif isinstance(payload, dict) and "metrics" in payload and "metric_type" not in payload:
+        points = payload["metrics"]
+        if not isinstance(points, list):
+            raise ValidationErrors("'metrics' must be an array", [error_item(None, "metrics", "expected an array")])
+    elif isinstance(payload, dict):
+        points = [payload]
+    else:
+        raise ValidationErrors(
+            "Expected a point object, an array of points or {\"metrics\": [...]}",
+            [error_item(None, "body", f"got JSON {type(payload).__name__}")],
+        )
+    if not points:
+        raise ValidationErrors("No points in request", [error_item(None, "metrics", "at least one point is required")])
+    if len(points) > max_points:
+        raise ValidationErrors(
+            f"Too many points: {len(points)} > {max_points}",
+            [error_item(None, "metrics", f"at most {max_points} points per request")],
+            status=413,
+        )
+    return points
+
+
+_ts_cache: dict[str, datetime] = {}
+
+
+def parse_timestamp(raw: Any) -> datetime:
+    if isinstance(raw, str):
+        cached = _ts_cache.get(raw)
+        if cached is not None:
+            return cached
+        text = raw.strip()
+        if not text or len(text) > 40:
+            raise ValueError("not an ISO-8601 timestamp")
+        dt = datetime.fromisoformat(text)
+        dt = dt.replace(tzinfo=UTC) if dt.tzinfo is None else dt.astimezone(UTC)
+        if len(_ts_cache) > 4096:
+            _ts_cache.clear()
+        _ts_cache[raw] = dt
+        return dt
+    if isinstance(raw, int | float) and not isinstance(raw, bool):
+        # Unix seconds: what many agents send. Milliseconds are a common mistake,
+        # so values that only make sense as ms are rejected, not misread.
+        if not math.isfinite(raw) or raw < 0 or raw > 1e11:
+            raise ValueError("numeric timestamps are Unix seconds")
+        return datetime.fromtimestamp(raw, tz=UTC)
+    raise ValueError("expected an ISO-8601 string")
+
+
+def _validate_tags(tags: Any, index: int, errors: list[dict[str, Any]], limits: dict[str, int]) -> dict[str, Any]:
+    if tags is None:
+        return {}
+    if not isinstance(tags, dict):
+        errors.append(error_item(index, "tags", "expected an object of scalar values"))
+        return {}
+    if len(tags) > limits["MAX_TAGS"]:
+        errors.append(error_item(index, "tags", f"at most {limits['MAX_TAGS']} tags, got {len(tags)}"))
+        return {}
+    for key, val in tags.items():
+        if len(key) > limits["MAX_TAG_KEY_LENGTH"] or not TAG_KEY_RE.fullmatch(key):
+            errors.append(
+                error_item(
+                    index,
+                    f"tags.{key[:64]}",
+                    f"tag keys are 1-{limits['MAX_TAG_KEY_LENGTH']} characters of [A-Za-z0-9_.-/], starting with a letter or _",
+                )
+            )
+            continue
+        if isinstance(val, str):
+            if len(val) > limits["MAX_TAG_VALUE_LENGTH"]:
+                errors.append(error_item(index, f"tags.{key}", f"longer than {limits['MAX_TAG_VALUE_LENGTH']} characters"))
+            elif any(ord(ch) < 32 or ord(ch) == 127 for ch in val):
+                errors.append(error_item(index, f"tags.{key}", "control characters are not allowed"))
+        elif isinstance(val, float):
+            if not math.isfinite(val):
+                errors.append(error_item(index, f"tags.{key}", "must be finite"))
+        elif val is None or isinstance(val, bool | int):
+            if isinstance(val, int) and not isinstance(val, bool) and abs(val) > 2**53:
+                errors.append(error_item(index, f"tags.{key}", "integer out of range"))
+        else:
+            errors.append(error_item(index, f"tags.{key}", "tag values must be strings, numbers, booleans or null"))
+    return tags
+
+
+def validate_points(points: list[Any], now: datetime | None = None) -> list[Row]:
+    """Validate every point; raise ValidationErrors listing all failures, or return rows."""
+    conf = settings.TELEMETRY
+    now = now or datetime.now(UTC)
+    newest = now + timedelta(seconds=conf["MAX_FUTURE_SECONDS"])
+    oldest = now - timedelta(hours=conf["RAW_RETENTION_HOURS"])
+    rows: list[Row] = []
+    errors: list[dict[str, Any]] = []
+    append = rows.append
+    for index, point in enumerate(points):
+        if not isinstance(point, dict):
+            errors.append(error_item(index, "point", "expected an object"))
+            continue
+        before = len(errors)
+        service = point.get("service")
+        if not isinstance(service, str) or not SERVICE_RE.fullmatch(service):
+            errors.append(error_item(index, "service", "required; 1-64 characters of [A-Za-z0-9_.-]"))
+        metric_type = point.get("metric_type")
+        if metric_type not in RANGES:
+            errors.append(error_item(index, "metric_type", f"must be one of {', '.join(METRIC_TYPES)}"))
+        value = point.get("value")
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            errors.append(error_item(index, "value", "required; must be a number"))
+        else:
+            value = float(value) if abs(value) <= MAX_VALUE else math.inf
+            if not math.isfinite(value):
+                errors.append(error_item(index, "value", f"must be a finite number with magnitude <= {MAX_VALUE:g}"))
+            elif metric_type in RANGES:
+                low, high = RANGES[metric_type]
+                if value < low or (high is not None and value > high):
+                    bound = f"between {low:g} and {high:g}" if high is not None else f">= {low:g}"
+                    errors.append(error_item(index, "value", f"{metric_type} ({UNITS[metric_type]}) must be {bound}"))
+        raw_ts = point.get("timestamp")
+        if raw_ts is None:
+            ts = now
+        else:
+            try:
+                ts = parse_timestamp(raw_ts)
+            except (ValueError, OverflowError, OSError):
+                errors.append(error_item(index, "timestamp", "unparseable; use ISO-8601 like 2024-01-01T12:00:00Z"))
+                ts = now
+            else:
+                if ts > newest:
+                    errors.append(
+                        error_item(index, "timestamp", f"more than {conf['MAX_FUTURE_SECONDS']} s in the future")
+                    )
+                elif ts < oldest:
+                    errors.append(
+                        error_item(index, "timestamp", f"older than the raw retention ({conf['RAW_RETENTION_HOURS']} h)")
+                    )
+        tags = _validate_tags(point.get("tags"), index, errors, conf)
+        if len(errors) == before:
+            append(Row(ts, service, metric_type, value, tags))  # type: ignore[arg-type]
+        elif len(errors) >= 100:
+            break
+    if errors:
+        noun = "point" if len(points) == 1 else "points"
+        raise ValidationErrors(f"Invalid {noun}: nothing was stored", errors)
+    return rows

@@ -1,0 +1,189 @@
+"""HTTP API under /metrics/: small views that orchestrate validation, storage and answers."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from asgiref.sync import sync_to_async
+from django.conf import settings
+from django.db import DatabaseError, OperationalError, connection
+from django.http import HttpRequest, HttpResponse
+from django.views.decorators.csrf import csrf_exempt
+
+from . import broadcast, query, stats
+from .http import FastJsonResponse, authenticate_key, error, error_from, json_body, require_methods
+from .ingest import store
+from .models import Alert, Service, iso
+from .validation import ValidationErrors, error_item, extract_points, parse_json, validate_points
+
+
+def _db_unavailable(exc: Exception) -> HttpResponse:
+    stats.inc("db_unavailable")
+    response = error(f"Database unavailable: {type(exc).__name__}; retry shortly", 503, field="database")
+    response["Retry-After"] = "2"
+    return response
+
+
+def _check_services_allowed(key: Any, rows: list) -> HttpResponse | None:
+    if key is None or not key.allowed_services:
+        return None
+    allowed = key.allowed_services
+    for index, row in enumerate(rows):
+        if row.service not in allowed:
+            return error(
+                f"This API key may not write service {row.service!r}",
+                403,
+                [error_item(index, "service", f"key is limited to {', '.join(sorted(allowed))}")],
+            )
+    return None
+
+
+def _ingest_sync(request: HttpRequest, body: bytes) -> tuple[HttpResponse, Any]:
+    key, denied = authenticate_key(request)
+    if denied:
+        return denied, None
+    try:
+        points = extract_points(parse_json(body), settings.TELEMETRY["INGEST_MAX_POINTS"])
+        rows = validate_points(points)
+    except ValidationErrors as exc:
+        stats.inc("requests_rejected")
+        return error_from(exc), None
+    forbidden = _check_services_allowed(key, rows)
+    if forbidden:
+        return forbidden, None
+    try:
+        result = store(rows)
+    except ValidationErrors as exc:
+        stats.inc("requests_rejected")
+        return error_from(exc), None
+    breached = [a.to_dict() for a in result.breached]
+    body_out = {
+        "status": "success",
+        "accepted": result.accepted,
+        "alert": breached[0] if breached else None,
+        "alerts": breached,
+    }
+    return FastJsonResponse(body_out), result
+
+
+@csrf_exempt
+@require_methods("POST")
+async def ingest(request: HttpRequest) -> HttpResponse:
+    body, problem = json_body(request)
+    if problem:
+        return problem
+    assert body is not None
+    try:
+        response, result = await sync_to_async(_ingest_sync)(request, body)
+    except (OperationalError, DatabaseError) as exc:
+        return _db_unavailable(exc)
+    if result is not None:
+        # After commit (store() returned), one message for the whole request.
+        broadcast.publish_soon(result.points, [a.to_dict() for a in result.changed])
+    return response
+
+
+def _query_params(request: HttpRequest) -> tuple[dict[str, Any] | None, HttpResponse | None]:
+    if request.method == "GET":
+        params: dict[str, Any] = {}
+        for key in request.GET:
+            values = request.GET.getlist(key)
+            params[key] = values if key in ("services", "metric_types") and len(values) > 1 else values[-1]
+        return params, None
+    body, problem = json_body(request)
+    if problem:
+        return None, problem
+    try:
+        payload = parse_json(body or b"{}")
+    except ValidationErrors as exc:
+        return None, error_from(exc)
+    if not isinstance(payload, dict):
+        return None, error("Query must be a JSON object", 400, field="body")
+    return payload, None
+
+
+@csrf_exempt
+@require_methods("GET", "POST")
+def query_view(request: HttpRequest) -> HttpResponse:
+    params, problem = _query_params(request)
+    if problem:
+        return problem
+    try:
+        spec = query.parse_query(params or {})
+        return FastJsonResponse(query.run(spec))
+    except ValidationErrors as exc:
+        return error_from(exc)
+    except OperationalError as exc:
+        return _db_unavailable(exc)
+
+
+@require_methods("GET")
+def services_view(request: HttpRequest) -> HttpResponse:
+    try:
+        return FastJsonResponse({"services": query.services_overview()})
+    except OperationalError as exc:
+        return _db_unavailable(exc)
+
+
+ALERT_FILTERS = {"severity": ("warning", "critical"), "state": ("firing", "resolved")}
+
+
+@require_methods("GET")
+def alerts_view(request: HttpRequest) -> HttpResponse:
+    qs = Alert.objects.all()
+    details = []
+    for name, allowed in ALERT_FILTERS.items():
+        value = request.GET.get(name)
+        if value:
+            if value not in allowed:
+                details.append(error_item(None, name, f"must be one of {', '.join(allowed)}"))
+            else:
+                qs = qs.filter(**{name: value})
+    service = request.GET.get("service")
+    if service:
+        qs = qs.filter(service=service)
+    try:
+        limit = int(request.GET.get("limit", 10))
+        if not 1 <= limit <= 1000:
+            raise ValueError
+    except ValueError:
+        details.append(error_item(None, "limit", "must be an integer between 1 and 1000"))
+        limit = 10
+    if details:
+        return error("Invalid alert filter", 400, details)
+    try:
+        alerts = [a.to_dict() for a in qs.order_by("-started_at", "-id")[:limit]]
+    except OperationalError as exc:
+        return _db_unavailable(exc)
+    return FastJsonResponse({"alerts": alerts})
+
+
+def _database_check() -> tuple[str, int]:
+    try:
+        with connection.cursor() as cur:
+            cur.execute("SELECT 1")
+        return "ok", Service.objects.count()
+    except Exception as exc:
+        return f"error: {type(exc).__name__}", 0
+
+
+@require_methods("GET")
+async def health(request: HttpRequest) -> HttpResponse:
+    db_status, services_count = await sync_to_async(_database_check)()
+    layer_status = await broadcast.probe()
+    healthy = db_status == "ok"
+    body = {
+        "status": ("healthy" if layer_status == "ok" else "degraded") if healthy else "unhealthy",
+        "timestamp": iso(datetime.now(UTC)),
+        "services_count": services_count,
+        "checks": {"database": db_status, "channel_layer": layer_status},
+        "version": settings.TELEMETRY["VERSION"],
+    }
+    return FastJsonResponse(body, status=200 if healthy else 503)
+
+
+@require_methods("GET")
+def ping(request: HttpRequest) -> HttpResponse:
+    """A trivial JSON view: the benchmark's baseline for per-request overhead."""
+    return FastJsonResponse({"status": "ok"})

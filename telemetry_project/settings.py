@@ -1,0 +1,278 @@
+"""One settings module, driven by environment variables.
+
+Every helper fails loudly on a malformed value: a typo in production must stop
+the process at start, not run it with a silently different configuration.
+The defaults run on a bare machine: SQLite in WAL mode and the in-memory
+channel layer.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from django.core.exceptions import ImproperlyConfigured
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off", ""}
+
+
+def envbool(name: str, default: bool) -> bool:
+    raw = os.environ.get(name)
+    if raw is None:
+        return default
+    value = raw.strip().lower()
+    if value in _TRUE:
+        return True
+    if value in _FALSE:
+        return False
+    raise ImproperlyConfigured(f"{name}={raw!r} is not a boolean (use 1/0, true/false, yes/no, on/off)")
+
+
+def envint(name: str, default: int, minimum: int = 0) -> int:
+    raw = os.environ.get(name)
+    if raw is None or raw.strip() == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ImproperlyConfigured(f"{name}={raw!r} is not an integer") from None
+    if value < minimum:
+        raise ImproperlyConfigured(f"{name}={value} must be >= {minimum}")
+    return value
+
+
+def envfloat(name: str, default: float) -> float:
+    raw = os.environ.get(name)
+    if raw is None or raw.strip() == "":
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ImproperlyConfigured(f"{name}={raw!r} is not a number") from None
+    if value != value or value in (float("inf"), float("-inf")):
+        raise ImproperlyConfigured(f"{name}={raw!r} must be finite")
+    return value
+
+
+def envlist(name: str, default: list[str]) -> list[str]:
+    raw = os.environ.get(name)
+    if raw is None:
+        return default
+    return [item.strip() for item in raw.split(",") if item.strip()]
+
+
+def envchoice(name: str, default: str, choices: set[str]) -> str:
+    value = os.environ.get(name, default).strip().upper()
+    if value not in choices:
+        raise ImproperlyConfigured(f"{name}={value!r} must be one of {sorted(choices)}")
+    return value
+
+
+DEBUG = envbool("DEBUG", False)
+SECRET_KEY = os.environ.get("SECRET_KEY", "")
+if not SECRET_KEY:
+    if not DEBUG and not envbool("TELEMETRY_ALLOW_INSECURE_KEY", False):
+        raise ImproperlyConfigured("SECRET_KEY must be set when DEBUG is off")
+    SECRET_KEY = "insecure-development-key-do-not-use-in-production-0123456789"
+
+ALLOWED_HOSTS = envlist("ALLOWED_HOSTS", ["localhost", "127.0.0.1", "[::1]"])
+
+INSTALLED_APPS = [
+    # daphne first so `runserver` serves the ASGI application (WebSockets included).
+    "daphne",
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "corsheaders",
+    "channels",
+    "metrics",
+    "dashboard",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "corsheaders.middleware.CorsMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+
+ROOT_URLCONF = "telemetry_project.urls"
+ASGI_APPLICATION = "telemetry_project.asgi.application"
+WSGI_APPLICATION = None
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [BASE_DIR / "templates"],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+
+# --- Database -----------------------------------------------------------------
+DATA_DIR = Path(os.environ.get("TELEMETRY_DATA_DIR", BASE_DIR / "data"))
+SQLITE_SYNCHRONOUS = envchoice("SQLITE_SYNCHRONOUS", "NORMAL", {"OFF", "NORMAL", "FULL", "EXTRA"})
+DATABASE_URL = os.environ.get("DATABASE_URL", "")
+
+
+def _sqlite_database(path: str | Path) -> dict:
+    return {
+        "ENGINE": "django.db.backends.sqlite3",
+        "NAME": str(path),
+        "OPTIONS": {
+            # IMMEDIATE takes the write lock at BEGIN, so concurrent writers queue
+            # on the busy timeout instead of failing with "database is locked"
+            # when a read transaction tries to upgrade.
+            "transaction_mode": "IMMEDIATE",
+            "timeout": 20,
+            "init_command": (
+                "PRAGMA journal_mode=WAL;"
+                f"PRAGMA synchronous={SQLITE_SYNCHRONOUS};"
+                "PRAGMA busy_timeout=20000;"
+                "PRAGMA temp_store=MEMORY;"
+                "PRAGMA cache_size=-65536;"
+                "PRAGMA mmap_size=268435456;"
+            ),
+        },
+        "CONN_MAX_AGE": None,
+        "TEST": {"NAME": os.environ.get("TELEMETRY_TEST_SQLITE") or None},
+    }
+
+
+if DATABASE_URL:
+    import dj_database_url
+
+    try:
+        _db = dj_database_url.parse(DATABASE_URL, conn_max_age=600, conn_health_checks=True)
+    except Exception as exc:  # the library raises several types for bad URLs
+        raise ImproperlyConfigured(f"DATABASE_URL is not a valid database URL: {exc}") from None
+    if _db["ENGINE"] == "django.db.backends.sqlite3":
+        _db = _sqlite_database(_db["NAME"])
+    elif _db["ENGINE"] == "django.db.backends.postgresql":
+        _db.setdefault("OPTIONS", {})
+        # A dead database must answer 503 quickly, never hang a request.
+        _db["OPTIONS"].setdefault("connect_timeout", envint("DATABASE_CONNECT_TIMEOUT", 3, 1))
+    DATABASES = {"default": _db}
+else:
+    DATA_DIR.mkdir(parents=True, exist_ok=True)
+    DATABASES = {"default": _sqlite_database(DATA_DIR / "telemetry.sqlite3")}
+
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+# --- Channel layer ------------------------------------------------------------
+REDIS_URL = os.environ.get("REDIS_URL", "")
+if REDIS_URL:
+    # The pub/sub layer publishes a group message once per server process (each
+    # process holds one subscription and fans out locally), where the core layer
+    # writes one Redis list entry per connected consumer. For broadcast to many
+    # WebSocket clients that is the difference between O(processes) and
+    # O(clients) Redis work per point batch.
+    CHANNEL_LAYERS = {
+        "default": {
+            "BACKEND": "channels_redis.pubsub.RedisPubSubChannelLayer",
+            "CONFIG": {"hosts": [REDIS_URL]},
+        }
+    }
+else:
+    CHANNEL_LAYERS = {
+        "default": {
+            "BACKEND": "channels.layers.InMemoryChannelLayer",
+            "CONFIG": {"capacity": envint("CHANNEL_CAPACITY", 1000, 10), "expiry": 60},
+        }
+    }
+
+# --- Auth, i18n, static -------------------------------------------------------
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+    {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+    {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
+]
+LOGIN_URL = "/admin/login/"
+
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = "UTC"
+USE_I18N = True
+USE_TZ = True
+
+STATIC_URL = "/static/"
+STATICFILES_DIRS = [BASE_DIR / "static"]
+STATIC_ROOT = Path(os.environ.get("STATIC_ROOT", BASE_DIR / "staticfiles"))
+
+# --- Security -----------------------------------------------------------------
+CORS_ALLOWED_ORIGINS = envlist("CORS_ORIGINS", [])
+CORS_ALLOW_CREDENTIALS = False
+CORS_URLS_REGEX = r"^/(metrics|v1)/.*$"
+CSRF_TRUSTED_ORIGINS = envlist("CSRF_TRUSTED_ORIGINS", [])
+SECURE_CONTENT_TYPE_NOSNIFF = True
+X_FRAME_OPTIONS = "DENY"
+if not DEBUG:
+    SESSION_COOKIE_SECURE = envbool("SECURE_COOKIES", True)
+    CSRF_COOKIE_SECURE = envbool("SECURE_COOKIES", True)
+    SECURE_SSL_REDIRECT = envbool("SECURE_SSL_REDIRECT", False)
+    SECURE_HSTS_SECONDS = envint("SECURE_HSTS_SECONDS", 0)
+    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+
+# --- Telemetry's own knobs ----------------------------------------------------
+DATA_UPLOAD_MAX_MEMORY_SIZE = envint("INGEST_MAX_BODY_BYTES", 5 * 1024 * 1024, 1024)
+TELEMETRY = {
+    "INGEST_MAX_POINTS": envint("INGEST_MAX_POINTS", 10_000, 1),
+    "INGEST_MAX_BODY_BYTES": DATA_UPLOAD_MAX_MEMORY_SIZE,
+    "MAX_TAGS": envint("INGEST_MAX_TAGS", 16, 0),
+    "MAX_TAG_KEY_LENGTH": envint("INGEST_MAX_TAG_KEY_LENGTH", 64, 1),
+    "MAX_TAG_VALUE_LENGTH": envint("INGEST_MAX_TAG_VALUE_LENGTH", 256, 1),
+    "MAX_FUTURE_SECONDS": envint("INGEST_MAX_FUTURE_SECONDS", 300, 0),
+    "RAW_RETENTION_HOURS": envint("RAW_RETENTION_HOURS", 24, 1),
+    "ROLLUP_RETENTION_DAYS": envint("ROLLUP_RETENTION_DAYS", 7, 1),
+    "ALERT_RETENTION_DAYS": envint("ALERT_RETENTION_DAYS", 7, 1),
+    "QUERY_RAW_MAX_SECONDS": envint("QUERY_RAW_MAX_SECONDS", 3600, 0),
+    "QUERY_DEFAULT_LIMIT": envint("QUERY_DEFAULT_LIMIT", 10_000, 1),
+    "SERVICE_WINDOW_SECONDS": envint("SERVICE_WINDOW_SECONDS", 300, 10),
+    "ALERT_RESOLVE_POINTS": envint("ALERT_RESOLVE_POINTS", 3, 1),
+    "ALERT_RESOLVE_SECONDS": envint("ALERT_RESOLVE_SECONDS", 30, 0),
+    # Periodic maintenance inside the server process: roll up completed minutes
+    # every ROLLUP_INTERVAL seconds, prune every PRUNE_INTERVAL seconds.
+    "SCHEDULER_ENABLED": envbool("TELEMETRY_SCHEDULER", True),
+    "ROLLUP_INTERVAL_SECONDS": envint("ROLLUP_INTERVAL_SECONDS", 15, 1),
+    "PRUNE_INTERVAL_SECONDS": envint("PRUNE_INTERVAL_SECONDS", 600, 1),
+    "REQUIRE_API_KEY": envbool("REQUIRE_API_KEY", not DEBUG),
+    "DASHBOARD_REQUIRE_LOGIN": envbool("DASHBOARD_REQUIRE_LOGIN", False),
+    "MAX_SERIES_PER_SERVICE": envint("MAX_SERIES_PER_SERVICE", 1000, 1),
+    "MAX_SERVICES": envint("MAX_SERVICES", 500, 1),
+    # Threshold overrides for the seeded alert rules, e.g.
+    # THRESHOLD_LATENCY_WARNING=300. Rules in the admin win over these seeds.
+    "THRESHOLD_OVERRIDES": {
+        key[len("THRESHOLD_") :].lower(): envfloat(key, 0.0)
+        for key in os.environ
+        if key.startswith("THRESHOLD_")
+    },
+    "VERSION": "0.1.0",
+}
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "root": {"handlers": ["console"], "level": os.environ.get("LOG_LEVEL", "INFO")},
+    "loggers": {
+        "django.channels.server": {"level": "WARNING"},
+        "daphne": {"level": "WARNING"},
+    },
+}

@@ -4,7 +4,6 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 PORT ?= 8000
-export DJANGO_SETTINGS_MODULE := telemetry_project.settings
 
 .PHONY: install install-dev assets run test test-postgres lint bench soak clean
 

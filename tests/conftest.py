@@ -7,15 +7,10 @@
 
 from __future__ import annotations
 
-import os
+import pytest
 
-os.environ.setdefault("DEBUG", "1")
-os.environ.setdefault("TELEMETRY_SCHEDULER", "0")
-
-import pytest  # noqa: E402
-
-from metrics import ingest, stats  # noqa: E402
-from metrics.processor import rules  # noqa: E402
+from metrics import ingest, stats
+from metrics.processor import rules
 
 
 @pytest.fixture(autouse=True)

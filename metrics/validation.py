@@ -7,6 +7,7 @@ each failure names the point index, the field and the reason.
 
 from __future__ import annotations
 
+import json
 import math
 import re
 from dataclasses import dataclass, field
@@ -59,7 +60,16 @@ def parse_json(body: bytes) -> Any:
     try:
         return orjson.loads(body)
     except orjson.JSONDecodeError as exc:
-        raise ValidationErrors("Invalid JSON", [error_item(None, "body", str(exc))]) from None
+        problem = str(exc)
+    # Many clients (Python's json.dumps among them) write NaN and Infinity as bare
+    # literals. Parse those leniently so the point-level checks can name the
+    # index and field that is not finite, instead of a bare "invalid JSON".
+    try:
+        payload = json.loads(body)
+        orjson.dumps(payload)  # lone surrogates: the stdlib accepts them, storage would not
+    except (ValueError, TypeError, RecursionError):
+        raise ValidationErrors("Invalid JSON", [error_item(None, "body", problem)]) from None
+    return payload
 
 
 def extract_points(payload: Any, max_points: int) -> list[Any]:
@@ -74,7 +84,7 @@ def extract_points(payload: Any, max_points: int) -> list[Any]:
         points = [payload]
     else:
         raise ValidationErrors(
-            "Expected a point object, an array of points or {\"metrics\": [...]}",
+            'Expected a point object, an array of points or {"metrics": [...]}',
             [error_item(None, "body", f"got JSON {type(payload).__name__}")],
         )
     if not points:
@@ -135,7 +145,9 @@ def _validate_tags(tags: Any, index: int, errors: list[dict[str, Any]], limits: 
             continue
         if isinstance(val, str):
             if len(val) > limits["MAX_TAG_VALUE_LENGTH"]:
-                errors.append(error_item(index, f"tags.{key}", f"longer than {limits['MAX_TAG_VALUE_LENGTH']} characters"))
+                errors.append(
+                    error_item(index, f"tags.{key}", f"longer than {limits['MAX_TAG_VALUE_LENGTH']} characters")
+                )
             elif any(ord(ch) < 32 or ord(ch) == 127 for ch in val):
                 errors.append(error_item(index, f"tags.{key}", "control characters are not allowed"))
         elif isinstance(val, float):
@@ -167,7 +179,8 @@ def validate_points(points: list[Any], now: datetime | None = None) -> list[Row]
         if not isinstance(service, str) or not SERVICE_RE.fullmatch(service):
             errors.append(error_item(index, "service", "required; 1-64 characters of [A-Za-z0-9_.-]"))
         metric_type = point.get("metric_type")
-        if metric_type not in RANGES:
+        if not isinstance(metric_type, str) or metric_type not in RANGES:
+            metric_type = None
             errors.append(error_item(index, "metric_type", f"must be one of {', '.join(METRIC_TYPES)}"))
         value = point.get("value")
         if isinstance(value, bool) or not isinstance(value, int | float):
@@ -197,7 +210,9 @@ def validate_points(points: list[Any], now: datetime | None = None) -> list[Row]
                     )
                 elif ts < oldest:
                     errors.append(
-                        error_item(index, "timestamp", f"older than the raw retention ({conf['RAW_RETENTION_HOURS']} h)")
+                        error_item(
+                            index, "timestamp", f"older than the raw retention ({conf['RAW_RETENTION_HOURS']} h)"
+                        )
                     )
         tags = _validate_tags(point.get("tags"), index, errors, conf)
         if len(errors) == before:

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import functools
-import hmac
 from collections.abc import Callable
+from datetime import timedelta
 from typing import Any
 
 import orjson
@@ -25,7 +25,9 @@ class FastJsonResponse(HttpResponse):
         super().__init__(orjson.dumps(data, option=orjson.OPT_SERIALIZE_NUMPY), status=status, **kwargs)
 
 
-def error(message: str, status: int = 400, details: list[dict[str, Any]] | None = None, field: str = "body") -> HttpResponse:
+def error(
+    message: str, status: int = 400, details: list[dict[str, Any]] | None = None, field: str = "body"
+) -> HttpResponse:
     body = {"error": message, "details": details if details is not None else [error_item(None, field, message)]}
     return FastJsonResponse(body, status=status)
 
@@ -44,21 +46,37 @@ def _api_key_from(request: HttpRequest) -> str | None:
     return request.headers.get("X-API-Key")
 
 
+# last_used_at is informational: write it at most once a minute per key, so a
+# busy client does not add a write to every ingest request.
+LAST_USED_GRANULARITY = timedelta(minutes=1)
+
+
 def authenticate_key(request: HttpRequest) -> tuple[ApiKey | None, HttpResponse | None]:
-    """The ApiKey the request carries; an error response when keys are required and it is missing or bad."""
+    """The ApiKey the request carries; an error response when keys are required and it is missing or bad.
+
+    Looked up on every request (by its SHA-256, a unique index), so revoking a
+    key in the admin takes effect on the very next request. A key that is sent
+    but unknown or revoked is refused even when keys are optional: a client
+    with a wrong key should learn it rather than write anonymously.
+    """
     raw = _api_key_from(request)
-    required = settings.TELEMETRY["REQUIRE_API_KEY"]
     if not raw:
-        if required:
-            return None, error("A valid API key is required (Authorization: Bearer <key> or X-API-Key)", 401, field="Authorization")
+        if settings.TELEMETRY["REQUIRE_API_KEY"]:
+            return None, _unauthorized("A valid API key is required (Authorization: Bearer <key> or X-API-Key)")
         return None, None
     key = ApiKey.objects.filter(key_hash=hash_key(raw)).first()
-    if key is None or not hmac.compare_digest(key.key_hash, hash_key(raw)) or not key.is_active:
-        if required or key is None or not key.is_active:
-            return None, error("Invalid or revoked API key", 401, field="Authorization")
-    if key is not None:
-        ApiKey.objects.filter(pk=key.pk).update(last_used_at=timezone.now())
+    if key is None or not key.is_active:
+        return None, _unauthorized("Invalid or revoked API key")
+    now = timezone.now()
+    if key.last_used_at is None or now - key.last_used_at >= LAST_USED_GRANULARITY:
+        ApiKey.objects.filter(pk=key.pk).update(last_used_at=now)
     return key, None
+
+
+def _unauthorized(message: str) -> HttpResponse:
+    response = error(message, 401, field="Authorization")
+    response["WWW-Authenticate"] = 'Bearer realm="telemetry"'
+    return response
 
 
 def require_methods(*methods: str) -> Callable:
@@ -96,7 +114,9 @@ def json_body(request: HttpRequest) -> tuple[bytes | None, HttpResponse | None]:
     """The raw JSON body, or the 413/415 answer."""
     content_type = request.content_type or ""
     if content_type not in ("application/json", "text/json") and not content_type.endswith("+json"):
-        return None, error(f"Content-Type must be application/json, got {content_type or 'none'!r}", 415, field="Content-Type")
+        return None, error(
+            f"Content-Type must be application/json, got {content_type or 'none'!r}", 415, field="Content-Type"
+        )
     limit = settings.TELEMETRY["INGEST_MAX_BODY_BYTES"]
     length = request.META.get("CONTENT_LENGTH") or "0"
     try:

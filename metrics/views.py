@@ -12,6 +12,7 @@ from django.http import HttpRequest, HttpResponse
 from django.views.decorators.csrf import csrf_exempt
 
 from . import broadcast, query, stats
+from .access import api_access
 from .http import FastJsonResponse, authenticate_key, error, error_from, json_body, require_methods
 from .ingest import store
 from .models import Alert, Service, iso
@@ -104,6 +105,7 @@ def _query_params(request: HttpRequest) -> tuple[dict[str, Any] | None, HttpResp
 
 
 @csrf_exempt
+@api_access
 @require_methods("GET", "POST")
 def query_view(request: HttpRequest) -> HttpResponse:
     params, problem = _query_params(request)
@@ -118,6 +120,7 @@ def query_view(request: HttpRequest) -> HttpResponse:
         return _db_unavailable(exc)
 
 
+@api_access
 @require_methods("GET")
 def services_view(request: HttpRequest) -> HttpResponse:
     try:
@@ -129,6 +132,7 @@ def services_view(request: HttpRequest) -> HttpResponse:
 ALERT_FILTERS = {"severity": ("warning", "critical"), "state": ("firing", "resolved")}
 
 
+@api_access
 @require_methods("GET")
 def alerts_view(request: HttpRequest) -> HttpResponse:
     qs = Alert.objects.all()

@@ -6,16 +6,22 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "telemetry_project.settings")
 # Initialise Django (apps, models) before importing consumers.
 django_asgi_app = get_asgi_application()
 
+from channels.auth import AuthMiddlewareStack  # noqa: E402
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E402
 
+from metrics.access import WebsocketLoginGuard  # noqa: E402
 from metrics.routing import websocket_urlpatterns  # noqa: E402
 from metrics.scheduler import start_if_enabled  # noqa: E402
 
 application = ProtocolTypeRouter(
     {
         "http": django_asgi_app,
-        "websocket": AllowedHostsOriginValidator(URLRouter(websocket_urlpatterns)),
+        # Origin checked against ALLOWED_HOSTS; then the session user is resolved
+        # and, when DASHBOARD_REQUIRE_LOGIN is on, anonymous handshakes are refused.
+        "websocket": AllowedHostsOriginValidator(
+            AuthMiddlewareStack(WebsocketLoginGuard(URLRouter(websocket_urlpatterns)))
+        ),
     }
 )
 

@@ -1,6 +1,6 @@
 from django.urls import path
 
-from . import views
+from . import export_views, views
 
 app_name = "metrics"
 urlpatterns = [
@@ -10,4 +10,5 @@ urlpatterns = [
     path("services", views.services_view, name="services"),
     path("alerts", views.alerts_view, name="alerts"),
     path("ping", views.ping, name="ping"),
+    path("openapi.json", export_views.openapi_view, name="openapi"),
 ]

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from corsheaders.defaults import default_headers
 from django.core.exceptions import ImproperlyConfigured
 
 BASE_DIR = Path(__file__).resolve().parent.parent
@@ -69,6 +70,32 @@ def envchoice(name: str, default: str, choices: set[str]) -> str:
     if value not in choices:
         raise ImproperlyConfigured(f"{name}={value!r} must be one of {sorted(choices)}")
     return value
+
+
+_THRESHOLD_METRICS = ("latency", "error_rate", "throughput", "cpu", "memory")
+
+
+def threshold_overrides(environ: dict[str, str] | os._Environ) -> dict[str, float]:
+    """THRESHOLD_<METRIC>_<WARNING|CRITICAL>=number -> {"<metric>_<level>": number}; typos fail loudly."""
+    allowed = {f"{m}_{level}" for m in _THRESHOLD_METRICS for level in ("warning", "critical")}
+    out: dict[str, float] = {}
+    for key in environ:
+        if not key.startswith("THRESHOLD_"):
+            continue
+        name = key[len("THRESHOLD_") :].lower()
+        if name not in allowed:
+            raise ImproperlyConfigured(f"{key} is not a known threshold; use THRESHOLD_<METRIC>_<WARNING|CRITICAL>")
+        raw = environ[key]
+        if raw.strip() == "":
+            raise ImproperlyConfigured(f"{key} is empty")
+        try:
+            value = float(raw)
+        except ValueError:
+            raise ImproperlyConfigured(f"{key}={raw!r} is not a number") from None
+        if value != value or value in (float("inf"), float("-inf")):
+            raise ImproperlyConfigured(f"{key}={raw!r} must be finite")
+        out[name] = value
+    return out
 
 
 DEBUG = envbool("DEBUG", False)
@@ -218,6 +245,8 @@ STATIC_ROOT = Path(os.environ.get("STATIC_ROOT", BASE_DIR / "staticfiles"))
 # --- Security -----------------------------------------------------------------
 CORS_ALLOWED_ORIGINS = envlist("CORS_ORIGINS", [])
 CORS_ALLOW_CREDENTIALS = False
+# Browser clients send their ingest key in X-API-Key or Authorization.
+CORS_ALLOW_HEADERS = (*default_headers, "x-api-key")
 CORS_URLS_REGEX = r"^/(metrics|v1)/.*$"
 CSRF_TRUSTED_ORIGINS = envlist("CSRF_TRUSTED_ORIGINS", [])
 SECURE_CONTENT_TYPE_NOSNIFF = True
@@ -227,6 +256,10 @@ if not DEBUG:
     CSRF_COOKIE_SECURE = envbool("SECURE_COOKIES", True)
     SECURE_SSL_REDIRECT = envbool("SECURE_SSL_REDIRECT", False)
     SECURE_HSTS_SECONDS = envint("SECURE_HSTS_SECONDS", 0)
+    SECURE_HSTS_INCLUDE_SUBDOMAINS = envbool("SECURE_HSTS_INCLUDE_SUBDOMAINS", False)
+    SECURE_HSTS_PRELOAD = envbool("SECURE_HSTS_PRELOAD", False)
+    # Container health checks call the app directly over plain HTTP.
+    SECURE_REDIRECT_EXEMPT = [r"^metrics/health$"]
     SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
 
 # --- Telemetry's own knobs ----------------------------------------------------
@@ -255,13 +288,10 @@ TELEMETRY = {
     "DASHBOARD_REQUIRE_LOGIN": envbool("DASHBOARD_REQUIRE_LOGIN", False),
     "MAX_SERIES_PER_SERVICE": envint("MAX_SERIES_PER_SERVICE", 1000, 1),
     "MAX_SERVICES": envint("MAX_SERVICES", 500, 1),
-    # Threshold overrides for the seeded alert rules, e.g.
-    # THRESHOLD_LATENCY_WARNING=300. Rules in the admin win over these seeds.
-    "THRESHOLD_OVERRIDES": {
-        key[len("THRESHOLD_") :].lower(): envfloat(key, 0.0)
-        for key in os.environ
-        if key.startswith("THRESHOLD_")
-    },
+    # Threshold overrides for the default (all-services) alert rules, e.g.
+    # THRESHOLD_LATENCY_WARNING=300. They win over the default rows seeded in the
+    # database; per-service rules edited in the admin win over both.
+    "THRESHOLD_OVERRIDES": threshold_overrides(os.environ),
     "VERSION": "0.1.0",
 }
 

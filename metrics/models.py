@@ -138,6 +138,35 @@ class Rollup(models.Model):
         return f"{self.service}/{self.metric_type}@{iso(self.minute)}"
 
 
+class SketchContribution(models.Model):
+    """Observations that arrive already bucketed (OTLP histograms), merged into their minute's rollup.
+
+    The raw Point of a histogram holds its mean; the bucket counts live here, one
+    row per ingested histogram data point, and rollups.summarise_window adds
+    them to the summary of the same (service, metric_type, minute), so the
+    percentiles reflect the whole distribution and count/sum stay exact.
+    """
+
+    service = models.CharField(max_length=64)
+    metric_type = models.CharField(max_length=16, choices=METRIC_TYPE_CHOICES)
+    minute = models.DateTimeField()
+    count = models.PositiveIntegerField()
+    sum = models.FloatField()
+    min = models.FloatField()
+    max = models.FloatField()
+    sketch = models.BinaryField()
+
+    class Meta:
+        indexes = [
+            # Serves the merge into rollups: one series' minutes in a range, and the retention delete.
+            models.Index(fields=["service", "metric_type", "minute"], name="sketchcontrib_series_idx"),
+            models.Index(fields=["minute"], name="sketchcontrib_minute_idx"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.service}/{self.metric_type}@{iso(self.minute)} +{self.count}"
+
+
 class RollupState(models.Model):
     """Singleton: every minute before `rolled_through` has its rollups."""
 

@@ -74,7 +74,10 @@ def _guard_cardinality(rows: list[Row], now: datetime) -> None:
         return
     with connection.cursor() as cur:
         if new_services:
-            cur.execute(f"SELECT name FROM {_table('metrics_service')} WHERE name IN ({','.join(['%s'] * len(new_services))})", list(new_services))
+            cur.execute(
+                f"SELECT name FROM {_table('metrics_service')} WHERE name IN ({','.join(['%s'] * len(new_services))})",
+                list(new_services),
+            )
             existing = {r[0] for r in cur.fetchall()}
             missing = new_services - existing
             if missing:
@@ -84,18 +87,22 @@ def _guard_cardinality(rows: list[Row], now: datetime) -> None:
                     stats.inc("rejected_cardinality")
                     raise CardinalityError(
                         f"Service limit reached: {total} services exist, the cap is {conf['MAX_SERVICES']}",
-                        [error_item(None, "service", f"would create {len(missing)} new service(s) beyond MAX_SERVICES")],
+                        [
+                            error_item(
+                                None, "service", f"would create {len(missing)} new service(s) beyond MAX_SERVICES"
+                            )
+                        ],
                         status=429,
                     )
         per_service: dict[str, list[tuple[str, str, str]]] = defaultdict(list)
         for key in new_series:
             per_service[key[0]].append(key)
-        for service, keys in per_service.items():
-            cur.execute(
-                f"SELECT metric_type, tags_hash FROM {_table('metrics_series')} WHERE service = %s", [service]
-            )
+        # Sorted, so two instances inserting the same new series take row locks
+        # in the same order (no deadlock on PostgreSQL).
+        for service, keys in sorted(per_service.items()):
+            cur.execute(f"SELECT metric_type, tags_hash FROM {_table('metrics_series')} WHERE service = %s", [service])
             existing_series = {(service, m, h) for m, h in cur.fetchall()}
-            missing_keys = [k for k in keys if k not in existing_series]
+            missing_keys = sorted(k for k in keys if k not in existing_series)
             if len(existing_series) + len(missing_keys) > conf["MAX_SERIES_PER_SERVICE"]:
                 stats.inc("rejected_cardinality")
                 raise CardinalityError(
@@ -110,11 +117,15 @@ def _guard_cardinality(rows: list[Row], now: datetime) -> None:
                     "VALUES (%s, %s, %s, %s) ON CONFLICT (service, metric_type, tags_hash) DO NOTHING",
                     [(s, m, h, _db_ts(now)) for s, m, h in missing_keys],
                 )
-    # Only remember after commit would be stricter; a rolled-back request merely
-    # costs one extra lookup later, so remembering now is safe.
+    # Remember only once committed: a series remembered from a rolled-back
+    # request would never get its Series row, and the cap would undercount.
+    transaction.on_commit(lambda: _remember(list(new_series)))
+
+
+def _remember(series: list[tuple[str, str, str]]) -> None:
     with known.lock:
-        known.series.update(new_series)
-        known.services.update(s for s, _, _ in new_series)
+        known.series.update(series)
+        known.services.update(s for s, _, _ in series)
 
 
 def _db_ts(dt: datetime):  # type: ignore[no-untyped-def]
@@ -168,7 +179,13 @@ def store(rows: list[Row], now: datetime | None = None) -> IngestResult:
         outcome = evaluate(rows)
     stats.inc("points_ingested", len(rows))
     points: list[PointDict] = [
-        {"timestamp": iso(r.timestamp) or "", "service": r.service, "metric_type": r.metric_type, "value": r.value, "tags": r.tags}
+        {
+            "timestamp": iso(r.timestamp) or "",
+            "service": r.service,
+            "metric_type": r.metric_type,
+            "value": r.value,
+            "tags": r.tags,
+        }
         for r in rows
     ]
     return IngestResult(accepted=len(rows), points=points, breached=outcome.breached, changed=outcome.changed)

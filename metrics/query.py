@@ -226,7 +226,7 @@ def minute_summaries(spec: QuerySpec, start: datetime, end: datetime) -> rollups
     if start < boundary:
         parts.append(rollups.fetch_rollups(start, boundary, spec.services, spec.metric_types))
     if boundary < end:
-        parts.append(rollups.summarise(*rollups.fetch_raw(boundary, end, spec.services, spec.metric_types)))
+        parts.append(rollups.summarise_window(boundary, end, spec.services, spec.metric_types))
     return rollups.MinuteSummaries.concat(parts)
 
 

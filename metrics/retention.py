@@ -80,6 +80,8 @@ def prune(now: datetime | None = None, dry_run: bool = False) -> PruneReport:
     # Never delete a raw minute before its rollup exists.
     boundary = rollups.rolled_through() or points_cut
     report.points_deleted = _delete_batched("metrics_point", "timestamp", min(points_cut, boundary))
+    # Histogram buckets (OTLP) live as long as the raw points they complete.
+    _delete_batched("metrics_sketchcontribution", "minute", rollups.floor_minute(min(points_cut, boundary)))
     report.rollups_deleted = _delete_batched("metrics_rollup", "minute", rollups_cut)
     report.alerts_deleted = _delete_batched("metrics_alert", "resolved_at", alerts_cut, resolved)
     return report

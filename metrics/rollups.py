@@ -249,7 +249,7 @@ def roll_up(now: datetime | None = None, chunk: timedelta = timedelta(minutes=10
             if start >= target:
                 return written
             end = min(start + chunk, target)
-            written += _upsert(summarise(*fetch_raw(start, end, None, None)))
+            written += _upsert(summarise_window(start, end, None, None))
             state.rolled_through = end
             state.save(update_fields=["rolled_through"])
         if end >= target:
@@ -296,7 +296,7 @@ def recompute(series_minutes: Iterable[tuple[str, str, datetime]]) -> int:
     types = sorted({m for _, m, _ in wanted})
     lo = min(m for _, _, m in wanted)
     hi = max(m for _, _, m in wanted) + timedelta(minutes=1)
-    summaries = summarise(*fetch_raw(lo, hi, services, types))
+    summaries = summarise_window(lo, hi, services, types)
     keep = np.array(
         [
             (s, m, from_epoch(int(t))) in wanted
@@ -319,3 +319,108 @@ def recompute(series_minutes: Iterable[tuple[str, str, datetime]]) -> int:
             [summaries.sketches[i] for i in idx.tolist()],
         )
     )
+
+
+# --- Pre-bucketed contributions (OTLP histograms) -------------------------------
+
+
+def fetch_contributions(
+    start: datetime, end: datetime, services: Sequence[str] | None, metric_types: Sequence[str] | None
+) -> MinuteSummaries:
+    """SketchContribution rows in [start, end) as minute summaries (several rows may share a minute)."""
+    where = ["minute >= %s", "minute < %s"]
+    params: list = [db_ts(start), db_ts(end)]
+    if services:
+        where.append(f"service IN ({','.join(['%s'] * len(services))})")
+        params.extend(services)
+    if metric_types:
+        where.append(f"metric_type IN ({','.join(['%s'] * len(metric_types))})")
+        params.extend(metric_types)
+    sql = (
+        f"SELECT service, metric_type, {epoch_sql('minute')}, count, sum, min, max, sketch "
+        f"FROM metrics_sketchcontribution WHERE {' AND '.join(where)}"
+    )
+    with connection.cursor() as cur:
+        cur.execute(sql, params)
+        rows = cur.fetchall()
+    if not rows:
+        return MinuteSummaries.empty()
+    svc, mt, minute, cnt, sm, mn, mx, sk = zip(*rows, strict=True)
+    return MinuteSummaries(
+        np.array(svc, dtype=object),
+        np.array(mt, dtype=object),
+        np.rint(np.array(minute, dtype=np.float64)).astype(np.int64),
+        np.array(cnt, dtype=np.float64),
+        np.array(sm, dtype=np.float64),
+        np.array(mn, dtype=np.float64),
+        np.array(mx, dtype=np.float64),
+        [bytes(b) for b in sk],
+    )
+
+
+def merge_summaries(parts: Sequence[MinuteSummaries]) -> MinuteSummaries:
+    """One summary per (service, metric_type, minute): counts and sums add, sketches merge."""
+    merged = MinuteSummaries.concat([p for p in parts if len(p)])
+    if not len(merged):
+        return MinuteSummaries.empty()
+    columns = zip(merged.service.tolist(), merged.metric_type.tolist(), merged.minute.tolist(), strict=True)
+    keys = [f"{s}|{m}|{t}" for s, m, t in columns]
+    uniq, first, group = np.unique(np.array(keys), return_index=True, return_inverse=True)
+    if len(uniq) == len(merged):
+        return merged
+    n = len(uniq)
+    mins = np.full(n, np.inf)
+    np.minimum.at(mins, group, merged.min)
+    maxs = np.full(n, -np.inf)
+    np.maximum.at(maxs, group, merged.max)
+    blobs: list[list[bytes]] = [[] for _ in range(n)]
+    for g, blob in zip(group.tolist(), merged.sketches, strict=True):
+        blobs[g].append(blob)
+    return MinuteSummaries(
+        merged.service[first],
+        merged.metric_type[first],
+        merged.minute[first],
+        np.bincount(group, weights=merged.count, minlength=n),
+        np.bincount(group, weights=merged.sum, minlength=n),
+        mins,
+        maxs,
+        [b[0] if len(b) == 1 else sketch.merge(b) for b in blobs],
+    )
+
+
+def summarise_window(
+    start: datetime, end: datetime, services: Sequence[str] | None, metric_types: Sequence[str] | None
+) -> MinuteSummaries:
+    """Minute summaries of raw points plus the pre-bucketed contributions of the same minutes."""
+    raw = summarise(*fetch_raw(start, end, services, metric_types))
+    extra = fetch_contributions(start, end, services, metric_types)
+    return merge_summaries([raw, extra]) if len(extra) else raw
+
+
+def insert_contributions(contributions: Sequence[MinuteSummaries]) -> int:
+    """Store pre-bucketed observations (inside the caller's transaction)."""
+    params = [
+        (s, m, db_ts(from_epoch(int(t))), int(c), float(su), float(mn), float(mx), blob)
+        for part in contributions
+        for s, m, t, c, su, mn, mx, blob in zip(
+            part.service.tolist(),
+            part.metric_type.tolist(),
+            part.minute.tolist(),
+            part.count.tolist(),
+            part.sum.tolist(),
+            part.min.tolist(),
+            part.max.tolist(),
+            part.sketches,
+            strict=True,
+        )
+    ]
+    if not params:
+        return 0
+    table = connection.ops.quote_name("metrics_sketchcontribution")
+    with connection.cursor() as cur:
+        cur.executemany(
+            f"INSERT INTO {table} (service, metric_type, minute, count, sum, min, max, sketch) "
+            "VALUES (%s, %s, %s, %s, %s, %s, %s, %s)",
+            params,
+        )
+    return len(params)

@@ -8,6 +8,7 @@ channel layer.
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -96,6 +97,19 @@ def threshold_overrides(environ: dict[str, str] | os._Environ) -> dict[str, floa
             raise ImproperlyConfigured(f"{key}={raw!r} must be finite")
         out[name] = value
     return out
+
+
+def envjson(name: str, default: dict) -> dict:
+    raw = os.environ.get(name)
+    if raw is None or raw.strip() == "":
+        return default
+    try:
+        value = json.loads(raw)
+    except ValueError as exc:
+        raise ImproperlyConfigured(f"{name} is not valid JSON: {exc}") from None
+    if not isinstance(value, dict):
+        raise ImproperlyConfigured(f"{name} must be a JSON object")
+    return value
 
 
 DEBUG = envbool("DEBUG", False)
@@ -292,6 +306,9 @@ TELEMETRY = {
     # THRESHOLD_LATENCY_WARNING=300. They win over the default rows seeded in the
     # database; per-service rules edited in the admin win over both.
     "THRESHOLD_OVERRIDES": threshold_overrides(os.environ),
+    # OTLP metric name -> {"metric_type": ..., "unit": ..., "scale": ...}, merged over the
+    # defaults in metrics/otlp.py (docs/send-metrics.md has the table).
+    "OTLP_METRIC_MAP": envjson("OTLP_METRIC_MAP", {}),
     "VERSION": "0.1.0",
 }
 

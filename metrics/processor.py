@@ -16,7 +16,7 @@ import time
 from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import timedelta
 
 from django.conf import settings
 from django.db import IntegrityError, transaction
@@ -254,6 +254,7 @@ def _open(service: str, metric_type: str, severity: str, row: Row, threshold: Th
         if severity == Alert.CRITICAL and alert.severity == Alert.WARNING:
             alert.severity = Alert.CRITICAL
             alert.threshold = threshold.limit(Alert.CRITICAL)
+            alert.message = format_message(service, metric_type, Alert.CRITICAL, row.value, threshold)
         alert.save()
         return alert
 
@@ -264,7 +265,3 @@ def series_status(service: str, metric_type: str, value: float | None) -> str:
     if _disabled(threshold):
         return "healthy" if value is not None else "stale"
     return threshold.status(value)
-
-
-def ensure_utc(dt: datetime) -> datetime:
-    return dt

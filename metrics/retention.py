@@ -64,14 +64,19 @@ def prune(now: datetime | None = None, dry_run: bool = False) -> PruneReport:
     now = now or datetime.now(UTC)
     points_cut, rollups_cut, alerts_cut = cutoffs(now)
     report = PruneReport(
-        points_cutoff=points_cut.isoformat(),
+        points_cutoff=rollups.floor_minute(points_cut).isoformat(),
         rollups_cutoff=rollups_cut.isoformat(),
         alerts_cutoff=alerts_cut.isoformat(),
         dry_run=dry_run,
     )
     resolved = f"AND state = '{Alert.RESOLVED}'"
+    # Raw points go by whole minutes: a minute is either complete or gone, so a
+    # late point accepted at the retention edge (validation refuses anything
+    # older than now - retention) can never recompute a half-deleted minute.
+    points_cut = rollups.floor_minute(points_cut)
     if dry_run:
-        boundary = rollups.rolled_through() or points_cut
+        # A real run rolls up through the current minute first; count as if it had.
+        boundary = rollups.floor_minute(now)
         report.points_deleted = _count("metrics_point", "timestamp", min(points_cut, boundary))
         report.rollups_deleted = _count("metrics_rollup", "minute", rollups_cut)
         report.alerts_deleted = _count("metrics_alert", "resolved_at", alerts_cut, resolved)

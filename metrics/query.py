@@ -82,7 +82,7 @@ def parse_query(params: dict[str, Any], now: datetime | None = None) -> QuerySpe
     limit_raw = params.get("limit", conf["QUERY_DEFAULT_LIMIT"])
     limit = conf["QUERY_DEFAULT_LIMIT"]
     try:
-        if isinstance(limit_raw, bool) or isinstance(limit_raw, float):
+        if isinstance(limit_raw, bool | float):
             raise ValueError
         limit = int(limit_raw)
         if limit < 1 or limit > 100_000:
@@ -113,11 +113,10 @@ def parse_query(params: dict[str, Any], now: datetime | None = None) -> QuerySpe
 def bucket_seconds(spec: QuerySpec, use_raw: bool) -> int:
     if spec.aggregation in FIXED_BUCKETS:
         return FIXED_BUCKETS[spec.aggregation]
-    target = (spec.end - spec.start).total_seconds() / AUTO_TARGET_BUCKETS
-    for size in NICE_BUCKETS:
-        if size >= target and (use_raw or size >= 60):
-            return size
-    return NICE_BUCKETS[-1]
+    # The nice size whose bucket count is nearest (by ratio) to the target.
+    span = max((spec.end - spec.start).total_seconds(), 1.0)
+    sizes = [size for size in NICE_BUCKETS if use_raw or size >= 60]
+    return min(sizes, key=lambda size: abs(math.log(span / size / AUTO_TARGET_BUCKETS)))
 
 
 def run(spec: QuerySpec, now: datetime | None = None) -> dict[str, Any]:

@@ -17,7 +17,7 @@ from asgiref.sync import iscoroutinefunction
 from channels.security.websocket import WebsocketDenier
 from django.conf import settings
 from django.contrib.auth.views import redirect_to_login
-from django.http import HttpRequest, HttpResponse
+from django.http import HttpRequest, HttpResponse, HttpResponseForbidden
 
 
 def login_required_enabled() -> bool:
@@ -86,8 +86,28 @@ def staff_required(view: Callable) -> Callable:
     return _both(view, _staff_check)
 
 
-def is_staff(user: Any) -> bool:
+def _page_staff_check(request: HttpRequest) -> HttpResponse | None:
+    if not _authenticated(request.user):
+        return redirect_to_login(request.get_full_path())
+    if not request.user.is_staff:
+        return HttpResponseForbidden("Only staff users may acknowledge or resolve alerts.")
+    return None
+
+
+def alert_action_access(view: Callable) -> Callable:
+    """Dashboard alert actions: anonymous users go to the login page, non-staff users get 403."""
+    return _both(view, _page_staff_check)
+
+
+def can_act_on_alerts(user: Any) -> bool:
+    """Acknowledge/resolve: staff only, whatever DASHBOARD_REQUIRE_LOGIN says (the issue's rule).
+
+    The local demo shows alerts to everyone; acting on them needs `createsuperuser` and a login.
+    """
     return _authenticated(user) and bool(user.is_staff)
+
+
+is_staff = can_act_on_alerts
 
 
 def websocket_allowed(scope: dict[str, Any]) -> bool:
@@ -116,38 +136,4 @@ class WebsocketLoginGuard:
 
 def dashboard_data_access(view: Callable) -> Callable:
     """Dashboard JSON endpoints: 401 in the API error shape instead of a login redirect."""
-
-    @functools.wraps(view)
-    def wrapper(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
-        if settings.TELEMETRY["DASHBOARD_REQUIRE_LOGIN"] and not request.user.is_authenticated:
-            from .http import error
-
-            return error("Login required", 401, field="session")
-        return view(request, *args, **kwargs)
-
-    return wrapper
-
-
-def can_act_on_alerts(user: Any) -> bool:
-    """Acknowledge/resolve from the dashboard: staff when login is required.
-
-    With DASHBOARD_REQUIRE_LOGIN off (the local demo) the dashboard is open and
-    so are its alert buttons; turn login on for any shared deployment.
-    """
-    if settings.TELEMETRY["DASHBOARD_REQUIRE_LOGIN"]:
-        return bool(user.is_authenticated and user.is_staff)
-    return True
-
-
-def alert_action_access(view: Callable) -> Callable:
-    """Alert actions: login redirect for anonymous users, 403 for non-staff (see can_act_on_alerts)."""
-
-    @functools.wraps(view)
-    def wrapper(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
-        if not can_act_on_alerts(request.user):
-            if not request.user.is_authenticated:
-                return redirect_to_login(request.get_full_path())
-            return HttpResponse("Only staff may acknowledge or resolve alerts.", status=403, content_type="text/plain")
-        return view(request, *args, **kwargs)
-
-    return wrapper
+    return _both(view, _api_check)

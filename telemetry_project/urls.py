@@ -1,8 +1,11 @@
 from django.contrib import admin
 from django.urls import include, path
 
+from metrics.otlp_views import export_metrics
+
 urlpatterns = [
     path("admin/", admin.site.urls),
     path("metrics/", include("metrics.urls")),
+    path("v1/metrics", export_metrics, name="otlp-metrics"),
     path("", include("dashboard.urls")),
 ]

@@ -1,0 +1,129 @@
+"""POST /v1/metrics: the OpenTelemetry OTLP/HTTP metrics receiver.
+
+Answers follow the OTLP/HTTP specification rather than the JSON API's error
+shape: success is an ExportMetricsServiceResponse (with partial_success when
+data points were rejected), failures a google.rpc.Status, both in the
+encoding of the request (protobuf or JSON).
+"""
+
+from __future__ import annotations
+
+import zlib
+
+import orjson
+from asgiref.sync import sync_to_async
+from django.conf import settings
+from django.db import DatabaseError
+from django.http import HttpRequest, HttpResponse
+from django.views.decorators.csrf import csrf_exempt
+from google.protobuf import json_format
+from google.rpc import code_pb2, status_pb2
+
+from . import broadcast, otlp, stats
+from .http import authenticate_key
+from .ingest import store
+from .validation import ValidationErrors
+
+PROTOBUF = "application/x-protobuf"
+JSON = "application/json"
+GRPC_CODES = {
+    400: code_pb2.INVALID_ARGUMENT,
+    401: code_pb2.UNAUTHENTICATED,
+    403: code_pb2.PERMISSION_DENIED,
+    405: code_pb2.UNIMPLEMENTED,
+    413: code_pb2.RESOURCE_EXHAUSTED,
+    415: code_pb2.INVALID_ARGUMENT,
+    429: code_pb2.RESOURCE_EXHAUSTED,
+    503: code_pb2.UNAVAILABLE,
+}
+RETRY_AFTER = {413: "0", 429: "1", 503: "2"}
+
+
+def status_response(status: int, message: str, as_json: bool) -> HttpResponse:
+    body = status_pb2.Status(code=GRPC_CODES.get(status, code_pb2.UNKNOWN), message=message)
+    if as_json:
+        response = HttpResponse(json_format.MessageToJson(body, indent=None), status=status, content_type=JSON)
+    else:
+        response = HttpResponse(body.SerializeToString(), status=status, content_type=PROTOBUF)
+    if status in RETRY_AFTER:
+        response["Retry-After"] = RETRY_AFTER[status]
+    if status == 405:
+        response["Allow"] = "POST"
+    if status >= 400:
+        stats.inc("otlp_requests_rejected")
+    return response
+
+
+def read_body(request: HttpRequest, as_json: bool) -> tuple[bytes | None, HttpResponse | None]:
+    """The decompressed body, or the 413/415/400 answer."""
+    limit = settings.TELEMETRY["INGEST_MAX_BODY_BYTES"]
+    try:
+        declared = int(request.META.get("CONTENT_LENGTH") or 0)
+    except ValueError:
+        declared = 0
+    if declared > limit:
+        return None, status_response(413, f"Body of {declared} bytes exceeds the limit of {limit} bytes", as_json)
+    try:
+        body = request.body
+    except Exception:  # RequestDataTooBig and friends
+        return None, status_response(413, f"Body exceeds the limit of {limit} bytes", as_json)
+    encoding = request.headers.get("Content-Encoding", "identity").strip().lower()
+    if encoding in ("", "identity"):
+        return body, None
+    if encoding != "gzip":
+        return None, status_response(415, f"Content-Encoding {encoding[:32]!r} is not supported; use gzip", as_json)
+    inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)
+    try:
+        plain = inflater.decompress(body, limit + 1)
+    except zlib.error as exc:
+        return None, status_response(400, f"Body is not valid gzip: {exc}", as_json)
+    if len(plain) > limit:
+        return None, status_response(413, f"Decompressed body exceeds the limit of {limit} bytes", as_json)
+    if not inflater.eof:
+        return None, status_response(400, "Body is truncated gzip", as_json)
+    return plain, None
+
+
+def _export_sync(request: HttpRequest, body: bytes, as_json: bool):  # type: ignore[no-untyped-def]
+    key, denied = authenticate_key(request)
+    if denied is not None:
+        return status_response(denied.status_code, orjson.loads(denied.content)["error"], as_json), None
+    try:
+        mapped = otlp.map_request(otlp.decode(body, as_json))
+    except otlp.DecodeFailed as exc:
+        return status_response(400, str(exc), as_json), None
+    rows, indices = otlp.validate(mapped, key.allowed_services if key is not None else None)
+    result = None
+    if rows:
+        try:
+            result = store(rows, contributions=otlp.contributions(mapped, rows, indices))
+        except ValidationErrors as exc:
+            return status_response(exc.status, exc.message, as_json), None
+    stats.inc("otlp_points_accepted", len(rows))
+    stats.inc("otlp_points_rejected", mapped.rejected)
+    stats.inc("otlp_unknown_metrics", sum(mapped.unknown.values()))
+    payload = otlp.encode_response(mapped.rejected, otlp.summary_message(mapped), as_json)
+    return HttpResponse(payload, content_type=JSON if as_json else PROTOBUF), result
+
+
+@csrf_exempt
+async def export_metrics(request: HttpRequest) -> HttpResponse:
+    content_type = (request.content_type or "").lower()
+    as_json = content_type != PROTOBUF
+    if request.method != "POST":
+        return status_response(405, f"Method {request.method} not allowed; use POST", as_json)
+    if content_type not in (PROTOBUF, JSON):
+        return status_response(415, f"Content-Type must be {PROTOBUF} or {JSON}, got {content_type or 'none'!r}", True)
+    body, problem = read_body(request, as_json)
+    if problem is not None:
+        return problem
+    assert body is not None
+    stats.inc("otlp_requests")
+    try:
+        response, result = await sync_to_async(_export_sync)(request, body, as_json)
+    except DatabaseError as exc:
+        stats.inc("db_unavailable")
+        return status_response(503, f"Database unavailable: {type(exc).__name__}; retry shortly", as_json)
+    if result is not None:
+        broadcast.publish_soon(result.points, [a.to_dict() for a in result.changed])
+    return response

@@ -137,6 +137,8 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
+    # First, so the request latencies in /metrics/prometheus include every layer.
+    "metrics.timing.RequestTimingMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "corsheaders.middleware.CorsMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
@@ -309,6 +311,13 @@ TELEMETRY = {
     # OTLP metric name -> {"metric_type": ..., "unit": ..., "scale": ...}, merged over the
     # defaults in metrics/otlp.py (docs/send-metrics.md has the table).
     "OTLP_METRIC_MAP": envjson("OTLP_METRIC_MAP", {}),
+    # /ws/metrics (docs/streaming.md): coalescing interval, per-connection queue,
+    # stalled-reader timeout, inbound message size and rate limits.
+    "WS_FLUSH_INTERVAL_MS": envint("WS_FLUSH_INTERVAL_MS", 100, 0),
+    "WS_QUEUE_POINTS": envint("WS_QUEUE_POINTS", 5000, 1),
+    "WS_STALL_TIMEOUT_SECONDS": envfloat("WS_STALL_TIMEOUT_SECONDS", 10.0),
+    "WS_MAX_MESSAGE_BYTES": envint("WS_MAX_MESSAGE_BYTES", 64 * 1024, 256),
+    "WS_MAX_MESSAGES_PER_SECOND": envint("WS_MAX_MESSAGES_PER_SECOND", 50, 1),
     "VERSION": "0.1.0",
 }
 

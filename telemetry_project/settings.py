@@ -304,6 +304,11 @@ TELEMETRY = {
     "DASHBOARD_REQUIRE_LOGIN": envbool("DASHBOARD_REQUIRE_LOGIN", False),
     "MAX_SERIES_PER_SERVICE": envint("MAX_SERIES_PER_SERVICE", 1000, 1),
     "MAX_SERVICES": envint("MAX_SERVICES", 500, 1),
+    # Run ingest/query database work on reused worker threads that keep their
+    # connection, instead of Django's new thread (and new connection) per
+    # request. Off in tests/settings.py: pytest-django holds each test's
+    # transaction on the test thread's connection.
+    "DB_THREAD_POOL": envbool("DB_THREAD_POOL", True),
     # Threshold overrides for the default (all-services) alert rules, e.g.
     # THRESHOLD_LATENCY_WARNING=300. They win over the default rows seeded in the
     # database; per-service rules edited in the admin win over both.

@@ -9,6 +9,7 @@ import os
 
 os.environ.setdefault("DEBUG", "1")
 os.environ.setdefault("TELEMETRY_SCHEDULER", "0")
+os.environ.setdefault("DB_THREAD_POOL", "0")
 
 from telemetry_project.settings import *  # noqa: E402,F403
 

@@ -1,0 +1,220 @@
+"""Chart data: one JSON endpoint per chart shape, built on metrics.query.
+
+- percentiles: P50/P95/P99 per time bucket of one metric type, pooled over the
+  selected services (the latency chart, every chart of a service page);
+- by-service: the average per time bucket of each service (stacked throughput);
+- compare: one average per service over the range (the error-rate bars).
+
+Each answer carries the thresholds to draw and the alerts to mark. Bucket size
+and source (raw points for short ranges, merged rollup sketches for long ones)
+are chosen exactly as /metrics/query does for `aggregation=auto`.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from typing import Any
+
+import numpy as np
+from django.conf import settings
+from django.db import OperationalError
+from django.db.models import Q
+from django.http import HttpRequest, HttpResponse
+
+from metrics import query, rollups, sketch
+from metrics.access import dashboard_data_access
+from metrics.http import FastJsonResponse, error, require_methods
+from metrics.models import METRIC_TYPES, Alert
+from metrics.processor import rules
+
+from . import selection as sel
+from .status import window_totals
+
+MAX_ALERT_MARKS = 200
+
+
+def epoch_ms(dt: datetime) -> int:
+    return int(dt.timestamp() * 1000)
+
+
+def thresholds(metric_type: str, service: str = "") -> dict[str, Any] | None:
+    """The thresholds to draw: a service's own rule when one service is shown, else the default."""
+    rule = rules.get(service, metric_type)
+    if rule.direction == "off":
+        return None
+    return {"warning": rule.warning, "critical": rule.critical, "direction": rule.direction}
+
+
+def alert_marks(metric_type: str, selection: sel.Selection) -> list[dict[str, Any]]:
+    """Alerts of these series that were open at some point of the range: where to mark open and resolve."""
+    qs = Alert.objects.filter(metric_type=metric_type, started_at__lt=selection.end).filter(
+        Q(resolved_at__isnull=True) | Q(resolved_at__gte=selection.start)
+    )
+    if selection.services:
+        qs = qs.filter(service__in=selection.services)
+    return [
+        {
+            "id": a.pk,
+            "service": a.service,
+            "severity": a.severity,
+            "state": a.state,
+            "started": epoch_ms(a.started_at),
+            "resolved": epoch_ms(a.resolved_at) if a.resolved_at else None,
+        }
+        for a in qs.order_by("-started_at")[:MAX_ALERT_MARKS]
+    ]
+
+
+def spec_for(selection: sel.Selection, metric_type: str) -> query.QuerySpec:
+    return query.QuerySpec(
+        start=selection.start,
+        end=selection.end,
+        services=selection.service_list,
+        metric_types=[metric_type],
+        aggregation="auto",
+        limit=settings.TELEMETRY["QUERY_DEFAULT_LIMIT"],
+        exact=False,
+    )
+
+
+def plan(spec: query.QuerySpec, now: datetime) -> tuple[bool, int]:
+    """(use raw points?, bucket seconds): the same choice query.run makes."""
+    conf = settings.TELEMETRY
+    raw_floor = now - timedelta(hours=conf["RAW_RETENTION_HOURS"])
+    short = (spec.end - spec.start).total_seconds() <= conf["QUERY_RAW_MAX_SECONDS"]
+    use_raw = spec.start >= raw_floor and short
+    return use_raw, query.bucket_seconds(spec, use_raw)
+
+
+def _exact_pooled(when: np.ndarray, value: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(bucket starts, percentiles (n, 3), counts) of raw values grouped by bucket only."""
+    bucket = (np.floor(when / size) * size).astype(np.int64)
+    starts_uniq, group = np.unique(bucket, return_inverse=True)
+    order = np.lexsort((value, group))
+    sorted_vals = value[order]
+    counts = np.bincount(group, minlength=len(starts_uniq))
+    offsets = np.r_[0, np.cumsum(counts)[:-1]]
+    pct = np.empty((len(starts_uniq), len(query.PERCENTILES)))
+    for qi, q in enumerate(query.PERCENTILES):
+        pos = q * (counts - 1)
+        lo = np.floor(pos).astype(np.int64)
+        hi = np.minimum(lo + 1, counts - 1)
+        frac = pos - lo
+        pct[:, qi] = sorted_vals[offsets + lo] * (1 - frac) + sorted_vals[offsets + hi] * frac
+    return starts_uniq, pct, counts
+
+
+def _sketch_pooled(summaries: rollups.MinuteSummaries, size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    bucket = (summaries.minute // size) * size
+    starts_uniq, group = np.unique(bucket, return_inverse=True)
+    n = len(starts_uniq)
+    counts = np.bincount(group, weights=summaries.count, minlength=n)
+    mins = np.full(n, np.inf)
+    np.minimum.at(mins, group, summaries.min)
+    maxs = np.full(n, -np.inf)
+    np.maximum.at(maxs, group, summaries.max)
+    pct = sketch.grouped_quantiles(summaries.sketches, group, n, query.PERCENTILES, mins, maxs)
+    return starts_uniq, pct, counts
+
+
+def pooled_percentiles(spec: query.QuerySpec, now: datetime) -> dict[str, Any]:
+    use_raw, size = plan(spec, now)
+    if use_raw:
+        _, _, when, value = rollups.fetch_raw(spec.start, spec.end, spec.services, spec.metric_types)
+        starts, pct, counts = _exact_pooled(when, value, size) if len(when) else (np.array([]), np.empty((0, 3)), [])
+    else:
+        summaries = query.minute_summaries(spec, rollups.floor_minute(spec.start), spec.end)
+        starts, pct, counts = (
+            _sketch_pooled(summaries, size) if len(summaries) else (np.array([]), np.empty((0, 3)), [])
+        )
+    xs = [int(s) * 1000 for s in starts.tolist()]
+    datasets = []
+    for qi, key in enumerate(("p50", "p95", "p99")):
+        column = pct[:, qi].tolist()
+        datasets.append(
+            {
+                "key": key,
+                "label": key.upper(),
+                "data": [{"x": x, "y": y} for x, y in zip(xs, column, strict=True) if y == y],
+            }
+        )
+    return {
+        "source": "raw" if use_raw else "rollup",
+        "bucket_seconds": size,
+        "datasets": datasets,
+        "points": int(np.sum(counts)) if len(xs) else 0,
+    }
+
+
+def by_service(spec: query.QuerySpec, now: datetime) -> dict[str, Any]:
+    answer = query.run(spec, now=now)
+    series: dict[str, list[dict[str, Any]]] = {}
+    for row in answer["data"]:
+        ts = datetime.fromisoformat(row["timestamp"].replace("Z", "+00:00"))
+        series.setdefault(row["service"], []).append({"x": epoch_ms(ts), "y": row["avg"], "c": row["count"]})
+    datasets = [
+        {"key": service, "label": service, "data": sorted(points, key=lambda p: p["x"])}
+        for service, points in sorted(series.items())
+    ]
+    return {"source": answer["source"], "bucket_seconds": answer["bucket_seconds"], "datasets": datasets}
+
+
+def compare(selection: sel.Selection, metric_type: str) -> dict[str, Any]:
+    totals = window_totals(selection.start, selection.end, selection.service_list)
+    bars = [
+        {"service": service, "sum": total, "count": count, "avg": total / count}
+        for (service, mt), (total, count) in sorted(totals.items())
+        if mt == metric_type and count
+    ]
+    return {"bars": bars}
+
+
+def _parse(request: HttpRequest) -> tuple[sel.Selection, str]:
+    selection = sel.from_request(request, strict=True)
+    metric_type = request.GET.get("metric_type") or "latency"
+    if metric_type not in METRIC_TYPES:
+        raise sel.BadSelection("metric_type", f"must be one of {', '.join(METRIC_TYPES)}")
+    return selection, metric_type
+
+
+def _answer(request: HttpRequest, build: Any) -> HttpResponse:
+    try:
+        selection, metric_type = _parse(request)
+    except sel.BadSelection as exc:
+        return error(f"Invalid {exc.field}", 400, field=exc.field)
+    try:
+        body = build(selection, metric_type)
+        single = selection.services[0] if len(selection.services) == 1 else ""
+        body.update(
+            {
+                "metric_type": metric_type,
+                "range": selection.range_key,
+                "start": epoch_ms(selection.start),
+                "end": epoch_ms(selection.end),
+                "thresholds": thresholds(metric_type, single),
+                "alerts": alert_marks(metric_type, selection),
+            }
+        )
+    except OperationalError as exc:
+        response = error(f"Database unavailable: {type(exc).__name__}; retry shortly", 503, field="database")
+        response["Retry-After"] = "2"
+        return response
+    return FastJsonResponse(body)
+
+
+@require_methods("GET")
+@dashboard_data_access
+def percentiles_view(request: HttpRequest) -> HttpResponse:
+    return _answer(request, lambda s, m: pooled_percentiles(spec_for(s, m), s.now))
+
+
+@require_methods("GET")
+@dashboard_data_access
+def by_service_view(request: HttpRequest) -> HttpResponse:
+    return _answer(request, lambda s, m: by_service(spec_for(s, m), s.now))
+
+
+@require_methods("GET")
+@dashboard_data_access
+def compare_view(request: HttpRequest) -> HttpResponse:
+    return _answer(request, compare)

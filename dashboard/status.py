@@ -1,0 +1,242 @@
+"""What the server-rendered fragments show: stat cards, the health matrix, the alert panel.
+
+Everything here is a few indexed, aggregated queries (rollups before the
+rolled-up boundary, raw points after it), so the pages stay fast whatever
+the range; the heavy per-bucket work is left to the chart data endpoints.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from django.conf import settings
+from django.db.models import Count, Sum
+
+from metrics import rollups
+from metrics.models import METRIC_TYPES, Alert, Point, Rollup, Service
+from metrics.processor import rules
+
+from .selection import Selection
+
+SeriesKey = tuple[str, str]
+STATUS_RANK = {"stale": 0, "healthy": 1, "warning": 2, "critical": 3}
+LABELS = {
+    "latency": "Latency",
+    "error_rate": "Error rate",
+    "throughput": "Throughput",
+    "cpu": "CPU",
+    "memory": "Memory",
+}
+
+
+def format_value(metric_type: str, value: float | None) -> str:
+    if value is None:
+        return "–"
+    if metric_type == "latency":
+        return f"{value:,.0f} ms" if value >= 10 else f"{value:.1f} ms"
+    if metric_type == "error_rate":
+        return f"{value * 100:.2f}%"
+    if metric_type == "throughput":
+        return f"{value:,.0f} req/s"
+    return f"{value:.1f}%"
+
+
+def window_totals(start: datetime, end: datetime, services: list[str] | None) -> dict[SeriesKey, tuple[float, int]]:
+    """(sum, count) per series over [start, end): rollup rows, then raw points after the boundary."""
+    boundary = rollups.rolled_through() or start
+    boundary = min(max(boundary, start), end)
+    totals: dict[SeriesKey, tuple[float, int]] = {}
+
+    def add(rows: Any) -> None:
+        for row in rows:
+            key = (row["service"], row["metric_type"])
+            total, count = totals.get(key, (0.0, 0))
+            totals[key] = (total + (row["s"] or 0.0), count + int(row["c"] or 0))
+
+    if start < boundary:
+        qs = Rollup.objects.window(rollups.floor_minute(start), boundary)
+        if services:
+            qs = qs.filter(service__in=services)
+        add(qs.values("service", "metric_type").annotate(s=Sum("sum"), c=Sum("count")).order_by())
+    if boundary < end:
+        points = Point.objects.series(services, None).window(boundary, end)
+        add(points.values("service", "metric_type").annotate(s=Sum("value"), c=Count("id")).order_by())
+    return totals
+
+
+def latest_values(now: datetime, services: list[str] | None) -> dict[SeriesKey, float]:
+    """The newest value of each series seen in the recent window (SERVICE_WINDOW_SECONDS)."""
+    start = now - timedelta(seconds=settings.TELEMETRY["SERVICE_WINDOW_SECONDS"])
+    service, metric_type, when, value = rollups.fetch_raw(start, now + timedelta(seconds=1), services, None)
+    latest: dict[SeriesKey, tuple[float, float]] = {}
+    for s, m, t, v in zip(service.tolist(), metric_type.tolist(), when.tolist(), value.tolist(), strict=True):
+        seen = latest.get((s, m))
+        if seen is None or t >= seen[0]:
+            latest[(s, m)] = (t, v)
+    return {key: v for key, (_, v) in latest.items()}
+
+
+def firing_severity(services: list[str] | None) -> dict[SeriesKey, str]:
+    qs = Alert.objects.firing()
+    if services:
+        qs = qs.filter(service__in=services)
+    return {(s, m): sev for s, m, sev in qs.values_list("service", "metric_type", "severity")}
+
+
+def series_status(key: SeriesKey, current: float | None, firing: dict[SeriesKey, str]) -> str:
+    """A firing alert's severity wins (it holds through hysteresis); otherwise the current value's."""
+    if current is None:
+        return "stale"
+    if key in firing:
+        return firing[key]
+    return rules.get(*key).status(current)
+
+
+def service_names(selection: Selection) -> list[str]:
+    known = list(Service.objects.order_by("name").values_list("name", flat=True))
+    if selection.services:
+        return [s for s in known if s in selection.services]
+    return known
+
+
+@dataclass
+class Card:
+    metric_type: str
+    label: str
+    current: float | None
+    average: float | None
+    previous: float | None
+    status: str
+
+    @property
+    def change(self) -> float | None:
+        if self.average is None or not self.previous:
+            return None
+        return (self.average - self.previous) / abs(self.previous) * 100
+
+    @property
+    def current_text(self) -> str:
+        return format_value(self.metric_type, self.current)
+
+    @property
+    def average_text(self) -> str:
+        return format_value(self.metric_type, self.average)
+
+    @property
+    def change_text(self) -> str:
+        change = self.change
+        return "–" if change is None else f"{change:+.1f}%"
+
+
+def _combine(
+    metric_type: str, per_service: dict[str, float], totals: dict[SeriesKey, tuple[float, int]]
+) -> float | None:
+    """Throughput adds up across services; every other type is averaged over its points."""
+    if metric_type == "throughput":
+        return sum(per_service.values()) if per_service else None
+    total = sum(totals[(s, metric_type)][0] for s in per_service)
+    count = sum(totals[(s, metric_type)][1] for s in per_service)
+    return total / count if count else None
+
+
+def _averages(totals: dict[SeriesKey, tuple[float, int]]) -> dict[str, dict[str, float]]:
+    out: dict[str, dict[str, float]] = defaultdict(dict)
+    for (service, metric_type), (total, count) in totals.items():
+        if count:
+            out[metric_type][service] = total / count
+    return out
+
+
+def cards(selection: Selection) -> list[Card]:
+    services = selection.service_list
+    current = latest_values(selection.now, services)
+    firing = firing_severity(services)
+    totals = window_totals(selection.start, selection.end, services)
+    previous_totals = window_totals(selection.previous_start, selection.start, services)
+    averages, previous_averages = _averages(totals), _averages(previous_totals)
+    out = []
+    for metric_type in METRIC_TYPES:
+        now_values = {s: v for (s, m), v in current.items() if m == metric_type}
+        if metric_type == "throughput":
+            current_value = sum(now_values.values()) if now_values else None
+        else:
+            current_value = sum(now_values.values()) / len(now_values) if now_values else None
+        statuses = [series_status((s, metric_type), v, firing) for s, v in now_values.items()]
+        status = max(statuses, key=STATUS_RANK.__getitem__) if statuses else "stale"
+        out.append(
+            Card(
+                metric_type=metric_type,
+                label=LABELS[metric_type],
+                current=current_value,
+                average=_combine(metric_type, averages.get(metric_type, {}), totals),
+                previous=_combine(metric_type, previous_averages.get(metric_type, {}), previous_totals),
+                status=status,
+            )
+        )
+    return out
+
+
+@dataclass
+class Cell:
+    service: str
+    metric_type: str
+    value: float | None
+    status: str
+
+    @property
+    def value_text(self) -> str:
+        return format_value(self.metric_type, self.value)
+
+
+@dataclass
+class MatrixRow:
+    service: str
+    cells: list[Cell] = field(default_factory=list)
+
+
+def matrix(selection: Selection) -> list[MatrixRow]:
+    services = selection.service_list
+    current = latest_values(selection.now, services)
+    firing = firing_severity(services)
+    rows = []
+    for service in service_names(selection):
+        row = MatrixRow(service)
+        for metric_type in METRIC_TYPES:
+            value = current.get((service, metric_type))
+            row.cells.append(Cell(service, metric_type, value, series_status((service, metric_type), value, firing)))
+        rows.append(row)
+    return rows
+
+
+SEVERITY_ORDER = {Alert.CRITICAL: 0, Alert.WARNING: 1}
+
+
+@dataclass
+class AlertPanel:
+    firing: list[Alert]
+    resolved: list[Alert]
+
+
+def alert_panel(services: list[str] | None, resolved_limit: int = 10, firing_limit: int = 50) -> AlertPanel:
+    """Firing alerts, critical first and newest first within a severity; then recently resolved ones."""
+    qs = Alert.objects.all()
+    if services:
+        qs = qs.filter(service__in=services)
+    firing = list(qs.filter(state=Alert.FIRING).order_by("-started_at", "-id")[:firing_limit])
+    firing.sort(key=lambda a: SEVERITY_ORDER.get(a.severity, 9))
+    resolved = list(qs.filter(state=Alert.RESOLVED).order_by("-resolved_at", "-id")[:resolved_limit])
+    return AlertPanel(firing, resolved)
+
+
+def service_tags(service: str, sample: int = 500) -> dict[str, list[str]]:
+    """Tag keys and their values seen on the service's most recent points."""
+    tags: dict[str, set[str]] = defaultdict(set)
+    recent = Point.objects.filter(service=service).order_by("-timestamp").values_list("tags", flat=True)[:sample]
+    for point_tags in recent:
+        for key, value in (point_tags or {}).items():
+            if len(tags[key]) < 20:
+                tags[key].add(str(value))
+    return {key: sorted(values) for key, values in sorted(tags.items())}

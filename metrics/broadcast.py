@@ -1,58 +1,143 @@
-"""Publishing accepted points and alert changes to the channel layer.
+"""Publishing accepted points and alert changes to WebSocket clients.
 
-One group message per accepted request, sent after commit, fire-and-forget:
-a slow or dead channel layer (Redis down, capacity full) is logged, counted
-and reported by /metrics/health, and never fails or slows the ingest answer.
+One message per accepted request (`{"type": "metrics.batch", "points", "alerts"}`),
+published after commit and never awaited by the ingest answer:
+
+- In-memory layer: the message goes straight to this process's fan-out hub
+  (metrics.fanout), the only listener that layer can have. Going through
+  `group_send` would deep-copy it per group member for nothing.
+- Any other layer (Redis): a per-loop publisher sends the messages one after
+  another with `group_send`, so their order is kept and a slow layer backs up
+  a bounded queue instead of the ingest path. A failure (Redis down, timeout)
+  is logged, counted in metrics.stats and makes /metrics/health report the
+  channel layer as degraded; ingestion answers exactly as before.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import weakref
+from collections import deque
 from typing import Any
 
 from channels.layers import get_channel_layer
 
-from . import stats
+from . import fanout, stats
 
 log = logging.getLogger(__name__)
-GROUP = "metrics"
+GROUP = fanout.GROUP
 SEND_TIMEOUT = 2.0
+# After a failure, messages published within this many seconds are dropped
+# (and counted) instead of each waiting out SEND_TIMEOUT against a dead layer.
+RETRY_AFTER = 1.0
+MAX_BACKLOG = 1000
 DEGRADED_FOR_SECONDS = 30.0
-_pending: set[asyncio.Task] = set()
 
 
 def message(points: list[dict[str, Any]], alerts: list[dict[str, Any]]) -> dict[str, Any]:
-    return {"type": "metrics.batch", "points": points, "alerts": alerts}
+    return {"type": fanout.MESSAGE_TYPE, "points": points, "alerts": alerts}
 
 
-async def publish(points: list[dict[str, Any]], alerts: list[dict[str, Any]]) -> bool:
+def _failed(reason: str, dropped: int = 0) -> None:
+    stats.inc("broadcast_failures")
+    if dropped:
+        stats.inc("broadcast_dropped", dropped)
+    stats.mark("broadcast_failure")
+    log.warning("broadcast failed: %s", reason)
+
+
+async def send(msg: dict[str, Any]) -> bool:
+    """group_send one message with a timeout; report, never raise, a failure."""
     layer = get_channel_layer()
-    if layer is None or (not points and not alerts):
+    if layer is None:
         return True
     try:
-        await asyncio.wait_for(layer.group_send(GROUP, message(points, alerts)), SEND_TIMEOUT)
+        await asyncio.wait_for(layer.group_send(GROUP, msg), SEND_TIMEOUT)
     except Exception as exc:  # any layer failure is reported, never raised into ingestion
-        stats.inc("broadcast_failures")
-        stats.mark("broadcast_failure")
-        log.warning("broadcast failed: %s: %s", type(exc).__name__, exc)
+        _failed(f"{type(exc).__name__}: {exc}", dropped=1)
         return False
     stats.inc("broadcasts")
     return True
 
 
+async def publish(points: list[dict[str, Any]], alerts: list[dict[str, Any]]) -> bool:
+    """Publish and wait for it (tests, scripts). Ingestion uses publish_soon."""
+    if not points and not alerts:
+        return True
+    msg = message(points, alerts)
+    if fanout.local_delivery():
+        fanout.hub().dispatch(msg)
+        stats.inc("broadcasts")
+        return True
+    return await send(msg)
+
+
+class _Publisher:
+    """Sends this loop's messages to the layer one at a time, from a bounded queue."""
+
+    def __init__(self) -> None:
+        self.queue: deque[dict[str, Any]] = deque()
+        self.task: asyncio.Task | None = None
+
+    def put(self, msg: dict[str, Any]) -> None:
+        if len(self.queue) >= MAX_BACKLOG:
+            _failed(f"publish backlog full ({MAX_BACKLOG} messages)", dropped=1)
+            return
+        self.queue.append(msg)
+        if self.task is None:
+            self.task = asyncio.get_running_loop().create_task(self._drain())
+
+    async def _drain(self) -> None:
+        try:
+            while self.queue:
+                since = stats.seconds_since("broadcast_failure")
+                if since is not None and since < RETRY_AFTER:
+                    dropped = len(self.queue)
+                    self.queue.clear()
+                    stats.inc("broadcast_dropped", dropped)
+                    break
+                await send(self.queue.popleft())
+        finally:
+            self.task = None
+
+
+_publishers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Publisher] = weakref.WeakKeyDictionary()
+
+
+def _publisher() -> _Publisher:
+    loop = asyncio.get_running_loop()
+    found = _publishers.get(loop)
+    if found is None:
+        found = _publishers[loop] = _Publisher()
+    return found
+
+
+def _publish_on_loop(msg: dict[str, Any]) -> None:
+    if fanout.local_delivery():
+        fanout.hub().dispatch(msg)
+        stats.inc("broadcasts")
+    else:
+        _publisher().put(msg)
+
+
 def publish_soon(points: list[dict[str, Any]], alerts: list[dict[str, Any]]) -> None:
-    """Schedule publish on the running loop without waiting for it."""
-    try:
-        loop = asyncio.get_running_loop()
-    except RuntimeError:
-        # Called outside an event loop (management command writing in process):
-        # deliver synchronously with the same timeout.
-        asyncio.run(publish(points, alerts))
+    """Hand one request's points and alert changes to the broadcast without waiting for it."""
+    if not points and not alerts:
         return
-    task = loop.create_task(publish(points, alerts))
-    _pending.add(task)
-    task.add_done_callback(_pending.discard)
+    msg = message(points, alerts)
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        # A worker thread (a sync view) or a management command writing in process.
+        serving = fanout.serving_loop()
+        if serving is not None:
+            serving.call_soon_threadsafe(_publish_on_loop, msg)
+        elif not fanout.local_delivery():
+            asyncio.run(send(msg))
+        # else: in-memory layer and no server loop in this process: nobody could receive it.
+        return
+    _publish_on_loop(msg)
 
 
 def degraded() -> bool:
@@ -73,3 +158,18 @@ async def probe(timeout: float = 1.0) -> str:
     if degraded():
         return "degraded: recent broadcast failures"
     return "ok"
+
+
+def streaming_stats() -> dict[str, Any]:
+    """Live-streaming state of this process, for /metrics/health."""
+    hub = fanout.hub()
+    publisher = _publishers.get(asyncio.get_running_loop())
+    try:
+        members = hub.group_members()
+    except Exception:  # a layer without inspectable groups
+        members = None
+    return {
+        "connections": len(hub.connections),
+        "group_members": members,
+        "publish_backlog": len(publisher.queue) if publisher else 0,
+    }

@@ -1,40 +1,69 @@
-"""The /ws/metrics consumer. Thin: join the group, apply the subscription, send.
+"""The /ws/metrics consumer. Thin: join the hub, send the snapshot, apply client messages.
 
-Filtering and serialisation live in metrics.streaming; database reads in
-plain functions called through database_sync_to_async.
+The protocol lives in metrics.streaming (plain functions), delivery in
+metrics.fanout (per-process hub, per-connection outbox and sender task).
 """
 
 from __future__ import annotations
 
-import orjson
+import asyncio
+
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
+from django.conf import settings
 
-from . import broadcast, streaming
+from . import fanout, stats, streaming
 
 
 class MetricsConsumer(AsyncWebsocketConsumer):
+    # Updates come through the hub's single subscription, not a per-consumer group.
+    groups: list[str] = []
+
     async def connect(self) -> None:
-        self.subscription = streaming.Subscription()
-        await self.channel_layer.group_add(broadcast.GROUP, self.channel_name)
+        conf = settings.TELEMETRY
+        self.max_message_bytes = conf["WS_MAX_MESSAGE_BYTES"]
+        self.rate = streaming.RateLimit(conf["WS_MAX_MESSAGES_PER_SECOND"])
+        self.watch = fanout.TransportWatch.attach(self.base_send, self._stalled, conf["WS_STALL_TIMEOUT_SECONDS"])
+        if self.watch is not None:
+            self.watch.limit_incoming(self.max_message_bytes)
+        self.conn = fanout.Connection(
+            self.send, conf["WS_FLUSH_INTERVAL_MS"] / 1000, conf["WS_QUEUE_POINTS"], self.watch
+        )
+        # Join before reading the snapshot so no point falls between the two
+        # (a point may then arrive in both).
+        await fanout.hub().join(self.conn)
         await self.accept()
-        initial = await database_sync_to_async(streaming.latest_points)(50)
-        await self.send_json({"type": "initial", "data": initial})
+        initial = await database_sync_to_async(streaming.latest_points)(streaming.INITIAL_POINTS)
+        await self.send(streaming.initial_frame(initial))
+        self.conn.start()
 
     async def disconnect(self, code: int) -> None:
-        await self.channel_layer.group_discard(broadcast.GROUP, self.channel_name)
+        conn = getattr(self, "conn", None)
+        if conn is not None:
+            await conn.stop()
+            await fanout.hub().leave(conn)
 
     async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
-        reply = streaming.handle_client_message(self.subscription, text_data, bytes_data)
-        if reply is not None:
-            await self.send_json(reply)
+        size = len(text_data) if text_data is not None else len(bytes_data or b"")
+        if size > self.max_message_bytes:  # servers other than daphne deliver it whole
+            stats.inc("ws_refused_too_big")
+            await self.close(code=fanout.CLOSE_TOO_BIG)
+            return
+        if not self.rate.allow(asyncio.get_running_loop().time()):
+            stats.inc("ws_refused_rate")
+            await self.close(code=fanout.CLOSE_RATE_LIMIT)
+            return
+        subscription = self.conn.subscription
+        before = subscription.key, subscription.batch
+        reply = streaming.handle_client_message(subscription, text_data, bytes_data)
+        if (subscription.key, subscription.batch) != before:
+            self.conn.resubscribed()
+        await self.send(streaming.encode(reply))
 
-    async def metrics_batch(self, event: dict) -> None:
-        for frame in streaming.frames_for(self.subscription, event):
-            await self.send_json(frame)
-
-    async def health_probe(self, event: dict) -> None:
-        return None
-
-    async def send_json(self, content: dict) -> None:
-        await self.send(text_data=orjson.dumps(content).decode())
+    def _stalled(self) -> None:
+        """The client has not read for the stall timeout: close, then cut the TCP connection."""
+        stats.inc("ws_closed_slow")
+        loop = asyncio.get_running_loop()
+        loop.create_task(self.close(code=fanout.CLOSE_TOO_SLOW))
+        # The close frame sits behind the unread backlog; do not wait for the peer.
+        loop.call_later(1.0, self.watch.abort)

@@ -1,7 +1,17 @@
-"""WebSocket protocol logic as plain functions: subscriptions, filtering, frames."""
+"""The /ws/metrics protocol as plain code: subscriptions, client messages, frames, outboxes.
+
+Nothing here touches the network or the event loop, so all of it is tested
+directly. metrics.fanout drives it: one `Update` per channel-layer message,
+one `Outbox` per connection.
+
+Frames are assembled from JSON fragments serialised once per update and per
+distinct subscription (`Update.chunk`), so a thousand dashboards watching the
+same stream cost one `orjson.dumps` per ingest request, not a thousand.
+"""
 
 from __future__ import annotations
 
+from collections import deque
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -10,6 +20,13 @@ import orjson
 
 from .models import METRIC_TYPES, Point, iso
 
+INITIAL_POINTS = 50
+# Largest number of points put in one {"type": "metrics"} frame; a bigger
+# backlog goes out as several frames in the same flush.
+BATCH_FRAME_POINTS = 1000
+
+SubKey = tuple[frozenset[str] | None, frozenset[str] | None]
+
 
 @dataclass
 class Subscription:
@@ -17,15 +34,31 @@ class Subscription:
     metric_types: frozenset[str] | None = None
     batch: bool = False
 
-    def matches(self, point: dict[str, Any]) -> bool:
-        return (self.services is None or point["service"] in self.services) and (
-            self.metric_types is None or point["metric_type"] in self.metric_types
+    @property
+    def key(self) -> SubKey:
+        return (self.services, self.metric_types)
+
+    def matches(self, item: dict[str, Any]) -> bool:
+        return (self.services is None or item["service"] in self.services) and (
+            self.metric_types is None or item["metric_type"] in self.metric_types
         )
 
 
-def latest_points(n: int = 50) -> list[dict[str, Any]]:
+def latest_points(n: int = INITIAL_POINTS) -> list[dict[str, Any]]:
+    """The snapshot sent on connect: the latest n points, oldest first."""
     rows = list(Point.objects.order_by("-timestamp", "-id")[:n])
     return [p.to_dict() for p in reversed(rows)]
+
+
+def initial_frame(points: list[dict[str, Any]]) -> str:
+    return encode({"type": "initial", "data": points})
+
+
+def encode(frame: dict[str, Any]) -> str:
+    return orjson.dumps(frame).decode()
+
+
+# --- Client messages ------------------------------------------------------------
 
 
 def _names(raw: Any, field: str, allowed: tuple[str, ...] | None = None) -> frozenset[str] | None:
@@ -36,30 +69,41 @@ def _names(raw: Any, field: str, allowed: tuple[str, ...] | None = None) -> froz
     if allowed is not None:
         bad = [x for x in raw if x not in allowed]
         if bad:
-            raise ValueError(f"unknown {field} value {bad[0][:32]!r}")
+            raise ValueError(f"unknown {field} value {bad[0][:32]!r}; expected one of {', '.join(allowed)}")
     return frozenset(raw) if raw else None
 
 
-def handle_client_message(sub: Subscription, text: str | None, data: bytes | None) -> dict[str, Any] | None:
-    """Apply one client message to `sub`; return the reply frame, if any."""
+def error(message: str) -> dict[str, Any]:
+    return {"type": "error", "error": message}
+
+
+def handle_client_message(sub: Subscription, text: str | None, data: bytes | None) -> dict[str, Any]:
+    """Apply one client message to `sub` and return the reply frame.
+
+    Every message gets an answer: `subscribed`, `unsubscribed`, `pong` or
+    `error` (the connection stays open after an error).
+    """
     try:
         msg = orjson.loads(text if text is not None else (data or b""))
     except orjson.JSONDecodeError:
-        return {"type": "error", "error": "invalid JSON"}
+        return error("invalid JSON")
     if not isinstance(msg, dict):
-        return {"type": "error", "error": "expected a JSON object with an 'action'"}
+        return error("expected a JSON object with an 'action'")
     action = msg.get("action")
     if action == "ping":
-        return {"type": "pong", "server_time": iso(datetime.now(UTC)), "id": msg.get("id")}
+        reply = {"type": "pong", "server_time": iso(datetime.now(UTC))}
+        if "id" in msg:
+            reply["id"] = msg["id"]
+        return reply
     if action == "subscribe":
         try:
             services = _names(msg.get("services"), "services")
             metric_types = _names(msg.get("metric_types"), "metric_types", METRIC_TYPES)
         except ValueError as exc:
-            return {"type": "error", "error": str(exc)}
+            return error(str(exc))
         batch = msg.get("batch", False)
         if not isinstance(batch, bool):
-            return {"type": "error", "error": "'batch' must be a boolean"}
+            return error("'batch' must be a boolean")
         sub.services, sub.metric_types, sub.batch = services, metric_types, batch
         return {
             "type": "subscribed",
@@ -71,18 +115,193 @@ def handle_client_message(sub: Subscription, text: str | None, data: bytes | Non
         sub.services = sub.metric_types = None
         sub.batch = False
         return {"type": "unsubscribed"}
-    return {"type": "error", "error": f"unknown action {str(action)[:32]!r}; expected subscribe, unsubscribe or ping"}
+    return error(f"unknown action {str(action)[:32]!r}; expected subscribe, unsubscribe or ping")
 
 
-def frames_for(sub: Subscription, event: dict[str, Any]) -> list[dict[str, Any]]:
-    points = [p for p in event.get("points", ()) if sub.matches(p)]
-    frames: list[dict[str, Any]] = []
-    if sub.batch:
-        if points:
-            frames.append({"type": "metrics", "data": points})
-    else:
-        frames.extend({"type": "metric", "data": p} for p in points)
-    for alert in event.get("alerts", ()):
-        if sub.matches(alert):
-            frames.append({"type": "alert", "data": alert})
+# --- Updates and frames -------------------------------------------------------------
+
+
+class Update:
+    """One broadcast message (one ingest request), serialised lazily per subscription."""
+
+    __slots__ = ("points", "alerts", "_chunks", "_singles", "_alerts")
+
+    def __init__(self, points: list[dict[str, Any]], alerts: list[dict[str, Any]]) -> None:
+        self.points = points
+        self.alerts = alerts
+        self._chunks: dict[SubKey, tuple[bytes, int]] = {}
+        self._singles: dict[SubKey, tuple[bytes, ...]] = {}
+        self._alerts: dict[SubKey, tuple[bytes, ...]] = {}
+
+    @classmethod
+    def from_message(cls, message: dict[str, Any]) -> Update:
+        return cls(list(message.get("points") or ()), list(message.get("alerts") or ()))
+
+    def _matching(self, items: list[dict[str, Any]], sub: Subscription) -> list[dict[str, Any]]:
+        if sub.services is None and sub.metric_types is None:
+            return items
+        return [item for item in items if sub.matches(item)]
+
+    def chunk(self, sub: Subscription) -> tuple[bytes, int]:
+        """Matching points as comma-separated JSON objects (no brackets), and how many."""
+        key = sub.key
+        found = self._chunks.get(key)
+        if found is None:
+            points = self._matching(self.points, sub)
+            found = (orjson.dumps(points)[1:-1], len(points))
+            self._chunks[key] = found
+        return found
+
+    def singles(self, sub: Subscription) -> tuple[bytes, ...]:
+        """Matching points as complete {"type": "metric"} frames."""
+        key = sub.key
+        found = self._singles.get(key)
+        if found is None:
+            found = tuple(
+                b'{"type":"metric","data":' + orjson.dumps(p) + b"}" for p in self._matching(self.points, sub)
+            )
+            self._singles[key] = found
+        return found
+
+    def alert_frames(self, sub: Subscription) -> tuple[bytes, ...]:
+        key = sub.key
+        found = self._alerts.get(key)
+        if found is None:
+            found = tuple(b'{"type":"alert","data":' + orjson.dumps(a) + b"}" for a in self._matching(self.alerts, sub))
+            self._alerts[key] = found
+        return found
+
+
+def batch_frames(chunks: list[tuple[bytes, int]], max_points: int = BATCH_FRAME_POINTS) -> list[bytes]:
+    """Join point chunks into {"type": "metrics", "data": [...]} frames of about max_points each."""
+    frames: list[bytes] = []
+    current: list[bytes] = []
+    count = 0
+    for body, n in chunks:
+        if not n:
+            continue
+        if current and count + n > max_points:
+            frames.append(b'{"type":"metrics","data":[' + b",".join(current) + b"]}")
+            current, count = [], 0
+        current.append(body)
+        count += n
+    if current:
+        frames.append(b'{"type":"metrics","data":[' + b",".join(current) + b"]}")
     return frames
+
+
+def lag_frame(dropped: int) -> bytes:
+    return orjson.dumps({"type": "lag", "dropped": dropped})
+
+
+class Outbox:
+    """What one connection has yet to receive: bounded, oldest dropped first.
+
+    Points are held as the per-update pieces `Update` made for this
+    connection's subscription (shared with every other connection that has the
+    same subscription), so a full outbox costs references, not copies. When more
+    than `max_points` points wait, whole updates are dropped from the old end
+    and counted; the next flush starts with {"type": "lag", "dropped": N}.
+    Alerts wait in their own short queue so a flood of points cannot push an
+    alert change out.
+    """
+
+    def __init__(self, max_points: int = 5000, max_alerts: int = 100) -> None:
+        self.subscription = Subscription()
+        self.max_points = max_points
+        self.items: deque[tuple[Any, int]] = deque()
+        self.alerts: deque[bytes] = deque()
+        self.max_alerts = max_alerts
+        self.waiting = 0
+        self.dropped = 0
+
+    def __bool__(self) -> bool:
+        return bool(self.items or self.alerts or self.dropped)
+
+    def offer(self, update: Update) -> bool:
+        """Queue what `update` holds for this subscription; True when something was queued."""
+        sub = self.subscription
+        queued = False
+        if sub.batch:
+            body, n = update.chunk(sub)
+            if n:
+                self.items.append((body, n))
+                self.waiting += n
+                queued = True
+        else:
+            singles = update.singles(sub)
+            if singles:
+                self.items.append((singles, len(singles)))
+                self.waiting += len(singles)
+                queued = True
+        while self.waiting > self.max_points and len(self.items) > 1:
+            _, n = self.items.popleft()
+            self.waiting -= n
+            self.dropped += n
+        for frame in update.alert_frames(sub):
+            if len(self.alerts) >= self.max_alerts:
+                self.alerts.popleft()
+                self.dropped += 1
+            self.alerts.append(frame)
+            queued = True
+        return queued
+
+    def clear(self) -> None:
+        """Forget queued updates (the subscription changed: they were filtered for the old one)."""
+        self.items.clear()
+        self.alerts.clear()
+        self.waiting = 0
+
+    def take(self) -> list[bytes]:
+        """Everything due, as frames in order: lag notice, points, alerts. Empties the outbox."""
+        frames: list[bytes] = []
+        if self.dropped:
+            frames.append(lag_frame(self.dropped))
+            self.dropped = 0
+        if self.items:
+            # clear() runs on every subscription change, so all items share the current mode.
+            if self.subscription.batch:
+                frames.extend(batch_frames(list(self.items)))
+            else:
+                for singles, _ in self.items:
+                    frames.extend(singles)
+            self.items.clear()
+            self.waiting = 0
+        if self.alerts:
+            frames.extend(self.alerts)
+            self.alerts.clear()
+        return frames
+
+
+class Throttle:
+    """Coalescing: at most one flush per `interval` seconds; the first after a quiet spell goes at once."""
+
+    def __init__(self, interval: float) -> None:
+        self.interval = interval
+        self.last = float("-inf")
+
+    def delay(self, now: float) -> float:
+        """Seconds to wait before the next flush may go (0 when idle long enough)."""
+        return max(0.0, self.last + self.interval - now)
+
+    def flushed(self, now: float) -> None:
+        self.last = now
+
+
+class RateLimit:
+    """Token bucket for client messages: `per_second` on average, bursts up to twice that."""
+
+    def __init__(self, per_second: float) -> None:
+        self.rate = per_second
+        self.capacity = 2 * per_second
+        self.tokens = self.capacity
+        self.at: float | None = None
+
+    def allow(self, now: float) -> bool:
+        if self.at is not None:
+            self.tokens = min(self.capacity, self.tokens + (now - self.at) * self.rate)
+        self.at = now
+        if self.tokens >= 1:
+            self.tokens -= 1
+            return True
+        return False

@@ -1,0 +1,334 @@
+"""Per-process fan-out of broadcasts to this process's WebSocket connections.
+
+One `Hub` per event loop (one per daphne process) holds the process's single
+channel-layer subscription to the "metrics" group and hands every message to
+its connections' outboxes. Redis therefore carries one copy of each broadcast
+per server process, not one per connected browser, and the in-memory layer
+copies nothing per client.
+
+Each `Connection` owns a bounded `streaming.Outbox` and one sender task that
+flushes it, coalesced by a `streaming.Throttle`. Under daphne, a
+`TransportWatch` registers as a Twisted push producer on the connection's
+transport: Twisted pauses it when more than 64 KiB wait in the write buffer
+and resumes it when they drain. While paused the sender holds back (the outbox
+drops the oldest updates and the client gets a "lag" notice), and a transport
+that stays paused for the stall timeout is closed. Memory per connection is
+therefore bounded by the outbox, not by how slowly a client reads.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import weakref
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from channels.layers import InMemoryChannelLayer, get_channel_layer
+
+from . import stats
+from .streaming import Outbox, Throttle, Update
+
+log = logging.getLogger(__name__)
+GROUP = "metrics"
+MESSAGE_TYPE = "metrics.batch"
+
+# Close codes. Under daphne an over-sized frame is refused by autobahn itself
+# with 1009 (RFC 6455 "message too big") before it is buffered; applications may
+# only close with 1000 or 3000-4999, so the consumer's own refusals use 4xxx.
+CLOSE_TOO_BIG = 4009  # a message over WS_MAX_MESSAGE_BYTES reached the consumer (not daphne)
+CLOSE_RATE_LIMIT = 4029  # client messages over WS_MAX_MESSAGES_PER_SECOND
+CLOSE_TOO_SLOW = 4008  # the client stopped reading for WS_STALL_TIMEOUT_SECONDS
+
+
+def daphne_protocol(send: Callable) -> Any | None:
+    """The autobahn protocol behind an ASGI `send` callable served by daphne, if any.
+
+    daphne passes `functools.partial(server.handle_reply, protocol)`; channels'
+    session middleware wraps it in a bound method whose object keeps it as
+    `real_send`. Anything else (another server, a test communicator) gives None.
+    """
+    for _ in range(8):
+        if isinstance(send, functools.partial):
+            for arg in send.args:
+                if hasattr(arg, "transport") and hasattr(arg, "sendMessage"):
+                    return arg
+            return None
+        owner = getattr(send, "__self__", None)
+        inner = getattr(owner, "real_send", None)
+        if inner is None:
+            return None
+        send = inner
+    return None
+
+
+class TransportWatch:
+    """Twisted push producer for one connection: tells whether its write buffer is backed up."""
+
+    def __init__(self, protocol: Any, on_stall: Callable[[], None], stall_timeout: float) -> None:
+        self.protocol = protocol
+        self.transport = protocol.transport
+        self.on_stall = on_stall
+        self.stall_timeout = stall_timeout
+        self.paused = False
+        self.resumed = asyncio.Event()
+        self.resumed.set()
+        self._timer: asyncio.TimerHandle | None = None
+        self.consumer: Any = None
+
+    @classmethod
+    def attach(cls, send: Callable, on_stall: Callable[[], None], stall_timeout: float) -> TransportWatch | None:
+        protocol = daphne_protocol(send)
+        transport = getattr(protocol, "transport", None)
+        if transport is None:
+            return None
+        # daphne upgrades an HTTP request: twisted.web's HTTPChannel stays the
+        # transport's producer and passes pause/resume on to the producer
+        # registered with it, so register there (or on the bare transport).
+        consumer = getattr(transport, "producer", None) or transport
+        if not hasattr(consumer, "registerProducer"):
+            return None
+        watch = cls(protocol, on_stall, stall_timeout)
+        watch.consumer = consumer
+        try:
+            consumer.registerProducer(watch, True)
+        except RuntimeError:  # another producer is registered: leave it alone
+            return None
+        return watch
+
+    def limit_incoming(self, max_bytes: int) -> None:
+        """Make autobahn refuse larger frames and messages with close code 1009, before buffering them."""
+        self.protocol.maxFramePayloadSize = max_bytes
+        self.protocol.maxMessagePayloadSize = max_bytes
+        # Fail with a closing handshake (so the client sees the code), not a bare TCP drop.
+        self.protocol.failByDrop = False
+
+    # IPushProducer, called by Twisted on the event loop's thread.
+    def pauseProducing(self) -> None:
+        if self.paused:
+            return
+        self.paused = True
+        self.resumed.clear()
+        self._timer = asyncio.get_running_loop().call_later(self.stall_timeout, self._stalled)
+
+    def resumeProducing(self) -> None:
+        self.paused = False
+        self.resumed.set()
+        self._cancel_timer()
+
+    def stopProducing(self) -> None:
+        self._cancel_timer()
+        self.resumed.set()
+
+    def _cancel_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _stalled(self) -> None:
+        self._timer = None
+        if self.paused:
+            self.on_stall()
+
+    def abort(self) -> None:
+        """Drop the TCP connection without a closing handshake (the peer is not reading it)."""
+        if getattr(self.transport, "connected", False):
+            self.transport.abortConnection()
+
+    def detach(self) -> None:
+        self._cancel_timer()
+        consumer = self.consumer
+        registered = getattr(consumer, "_requestProducer", getattr(consumer, "producer", None))
+        if registered is self:
+            consumer.unregisterProducer()
+
+
+class Connection:
+    """One WebSocket client as the hub sees it: an outbox and the task that flushes it."""
+
+    def __init__(
+        self,
+        send: Callable[[str], Awaitable[None]],
+        flush_interval: float,
+        max_points: int,
+        watch: TransportWatch | None = None,
+    ) -> None:
+        self.outbox = Outbox(max_points=max_points)
+        self.throttle = Throttle(flush_interval)
+        self.watch = watch
+        self._send = send
+        self._wake = asyncio.Event()
+        self._armed = False
+        self._task: asyncio.Task | None = None
+
+    @property
+    def subscription(self):
+        return self.outbox.subscription
+
+    def offer(self, update: Update) -> None:
+        if self.outbox.offer(update) and not self._armed:
+            self._armed = True
+            self._wake.set()
+
+    def resubscribed(self) -> None:
+        """The subscription changed: drop what was queued under the old one."""
+        self.outbox.clear()
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._run())
+        if self.outbox:
+            self._armed = True
+            self._wake.set()
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+            self._task = None
+        if self.watch is not None:
+            self.watch.detach()
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            delay = self.throttle.delay(loop.time())
+            if delay:
+                await asyncio.sleep(delay)
+            if self.watch is not None and self.watch.paused:
+                # The outbox keeps bounding memory meanwhile; the watch closes us on a stall.
+                await self.watch.resumed.wait()
+            frames = self.outbox.take()
+            self._armed = False
+            if not frames:
+                continue
+            self.throttle.flushed(loop.time())
+            if frames[0].startswith(b'{"type":"lag"'):
+                stats.inc("ws_lag_notices")
+            for frame in frames:
+                await self._send(frame.decode())
+            stats.inc("ws_frames", len(frames))
+
+
+class Hub:
+    """This event loop's one subscription to the broadcast group, fanned out to local connections."""
+
+    def __init__(self) -> None:
+        self.connections: set[Connection] = set()
+        self.channel: str | None = None
+        self.layer: Any = None
+        self._task: asyncio.Task | None = None
+        self._lock = asyncio.Lock()
+
+    async def join(self, conn: Connection) -> None:
+        self.connections.add(conn)
+        stats.set_value("ws_connections", len(self.connections))
+        async with self._lock:
+            if self._task is None and conn in self.connections:
+                await self._subscribe()
+
+    async def leave(self, conn: Connection) -> None:
+        self.connections.discard(conn)
+        stats.set_value("ws_connections", len(self.connections))
+        async with self._lock:
+            if self._task is not None and not self.connections:
+                await self._unsubscribe()
+
+    def dispatch(self, message: dict[str, Any]) -> None:
+        if message.get("type") != MESSAGE_TYPE or not self.connections:
+            return
+        update = Update.from_message(message)
+        for conn in self.connections:
+            conn.offer(update)
+
+    async def _subscribe(self) -> None:
+        layer = get_channel_layer()
+        if layer is None:
+            return
+        self.layer = layer
+        try:
+            self.channel = await layer.new_channel("fanout.")
+            await layer.group_add(GROUP, self.channel)
+        except Exception as exc:  # Redis down: connections still work; the receive loop retries
+            log.warning("fan-out hub could not join the %r group: %s: %s", GROUP, type(exc).__name__, exc)
+            stats.inc("fanout_subscribe_failures")
+            self.channel = None
+        self._task = asyncio.get_running_loop().create_task(self._receive_loop())
+
+    async def _unsubscribe(self) -> None:
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+        if self.layer is not None and self.channel is not None:
+            try:
+                await self.layer.group_discard(GROUP, self.channel)
+            except Exception as exc:
+                log.warning("fan-out hub could not leave the %r group: %s: %s", GROUP, type(exc).__name__, exc)
+        self.channel = None
+
+    async def _receive_loop(self) -> None:
+        layer, channel = self.layer, self.channel
+        expiry = getattr(layer, "group_expiry", None)
+        refresh_every = min(expiry / 2, 3600.0) if expiry else None
+        loop = asyncio.get_running_loop()
+        joined_at = loop.time()
+        while True:
+            try:
+                if channel is None:
+                    channel = self.channel = await layer.new_channel("fanout.")
+                    await layer.group_add(GROUP, channel)
+                    joined_at = loop.time()
+                message = await layer.receive(channel)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                stats.inc("fanout_receive_errors")
+                log.warning("fan-out hub receive failed: %s: %s", type(exc).__name__, exc)
+                await asyncio.sleep(1.0)
+                continue
+            self.dispatch(message)
+            if refresh_every and loop.time() - joined_at > refresh_every:
+                # Layers with a group expiry (in-memory, core Redis) forget members after a day.
+                await layer.group_add(GROUP, channel)
+                joined_at = loop.time()
+
+    def group_members(self) -> int | None:
+        """How many channels of this process the layer lists in the group (the hub's, or none)."""
+        layer = self.layer or get_channel_layer()
+        groups = getattr(layer, "groups", None)
+        if isinstance(groups, dict):
+            return len(groups.get(GROUP, ()))
+        get_loop_layer = getattr(layer, "_get_layer", None)  # RedisPubSubChannelLayer: one per event loop
+        if get_loop_layer is None:
+            return None
+        inner = get_loop_layer()
+        return len(inner.groups.get(inner._get_group_channel_name(GROUP), ()))
+
+
+_hubs: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Hub] = weakref.WeakKeyDictionary()
+_serving_loop: asyncio.AbstractEventLoop | None = None
+
+
+def hub() -> Hub:
+    """The running event loop's hub (created on first use)."""
+    global _serving_loop
+    loop = asyncio.get_running_loop()
+    found = _hubs.get(loop)
+    if found is None:
+        found = _hubs[loop] = Hub()
+        _serving_loop = loop
+    return found
+
+
+def serving_loop() -> asyncio.AbstractEventLoop | None:
+    """The loop that serves WebSocket connections in this process, if one is running."""
+    loop = _serving_loop
+    return loop if loop is not None and loop.is_running() else None
+
+
+def local_delivery() -> bool:
+    """True when the layer cannot cross processes, so publishing may hand updates to the hub directly."""
+    return isinstance(get_channel_layer(), InMemoryChannelLayer)

@@ -2,12 +2,24 @@
 
 from __future__ import annotations
 
+from django.db import OperationalError
 from django.http import HttpRequest, HttpResponse
 
-from . import openapi
-from .http import FastJsonResponse, require_methods
+from . import openapi, prom
+from .http import FastJsonResponse, error, require_methods
 
 
 @require_methods("GET")
 def openapi_view(request: HttpRequest) -> HttpResponse:
     return FastJsonResponse(openapi.document())
+
+
+@require_methods("GET")
+def prometheus_view(request: HttpRequest) -> HttpResponse:
+    try:
+        body = prom.exposition()
+    except OperationalError as exc:
+        response = error(f"Database unavailable: {type(exc).__name__}; retry shortly", 503, field="database")
+        response["Retry-After"] = "2"
+        return response
+    return HttpResponse(body, content_type=prom.CONTENT_TYPE)

@@ -11,4 +11,5 @@ urlpatterns = [
     path("alerts", views.alerts_view, name="alerts"),
     path("ping", views.ping, name="ping"),
     path("openapi.json", export_views.openapi_view, name="openapi"),
+    path("prometheus", export_views.prometheus_view, name="prometheus"),
 ]

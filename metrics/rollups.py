@@ -26,7 +26,14 @@ MINUTE = 60
 def epoch_sql(column: str = "timestamp") -> str:
     """SQL for a datetime column as float Unix seconds (no per-row Python parsing)."""
     if connection.vendor == "sqlite":
-        return f"((julianday({column}) - 2440587.5) * 86400.0)"
+        # julianday() of the full value loses ~5 µs, so a point at hh:mm:00 would
+        # land in the previous minute: round the whole seconds of the stored text
+        # (exact), then add its ".ffffff" suffix. (No strftime('%s'): Django
+        # would read "%s" as a parameter placeholder.)
+        return (
+            f"(ROUND((julianday(substr({column}, 1, 19)) - 2440587.5) * 86400.0)"
+            f" + COALESCE(CAST(substr({column}, 20) AS REAL), 0.0))"
+        )
     return f"EXTRACT(EPOCH FROM {column})::float8"
 
 

@@ -245,7 +245,8 @@ def error_response(description: str, retry_after: bool = False) -> dict[str, Any
 def errors(*codes: int) -> dict[str, Any]:
     text = {
         400: "Invalid input; nothing was stored.",
-        401: "Missing or invalid API key (when keys are required).",
+        401: "Missing or invalid API key (ingest, when keys are required) or not logged in (reads, when "
+        "DASHBOARD_REQUIRE_LOGIN is on).",
         403: "The API key may not write this service.",
         405: "Method not allowed (see the Allow header).",
         413: "Body or point count over the limit.",
@@ -311,20 +312,20 @@ PATHS: dict[str, Any] = {
             "operationId": "queryGet",
             "summary": "Raw points or percentile buckets (parameters in the query string)",
             "parameters": QUERY_PARAMETERS,
-            "responses": {**ok(ref("QueryResponse")), **errors(400, 405, 503)},
+            "responses": {**ok(ref("QueryResponse")), **errors(400, 401, 405, 503)},
         },
         "post": {
             "operationId": "queryPost",
             "summary": "Raw points or percentile buckets",
             "requestBody": {"required": False, "content": json_content(ref("QueryRequest"))},
-            "responses": {**ok(ref("QueryResponse")), **errors(400, 405, 413, 415, 503)},
+            "responses": {**ok(ref("QueryResponse")), **errors(400, 401, 405, 413, 415, 503)},
         },
     },
     "/metrics/services": {
         "get": {
             "operationId": "services",
             "summary": "Every service with its status and recent figures",
-            "responses": {**ok(ref("ServicesResponse")), **errors(405, 503)},
+            "responses": {**ok(ref("ServicesResponse")), **errors(401, 405, 503)},
         }
     },
     "/metrics/alerts": {
@@ -341,7 +342,7 @@ PATHS: dict[str, Any] = {
                 {"name": "state", "in": "query", "schema": {"type": "string", "enum": ["firing", "resolved"]}},
                 {"name": "service", "in": "query", "schema": {"type": "string"}},
             ],
-            "responses": {**ok(ref("AlertsResponse")), **errors(400, 405, 503)},
+            "responses": {**ok(ref("AlertsResponse")), **errors(400, 401, 405, 503)},
         }
     },
     "/metrics/ping": {

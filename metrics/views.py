@@ -202,6 +202,7 @@ async def health(request: HttpRequest) -> HttpResponse:
         "timestamp": iso(datetime.now(UTC)),
         "services_count": services_count,
         "checks": {"database": db_status, "channel_layer": layer_status},
+        "streaming": broadcast.streaming_stats(),
         "version": settings.TELEMETRY["VERSION"],
     }
     return FastJsonResponse(body, status=200 if healthy else 503)

@@ -204,11 +204,8 @@ def histogram_sketch(bounds: np.ndarray, counts: np.ndarray, low: float, high: f
         lower = np.maximum(np.power(sketch.GAMMA, ks.astype(np.float64) - 1), lo)
         share = np.clip(upper - lower, 0, None)
         share = share / share.sum() if share.sum() > 0 else np.full(len(ks), 1 / len(ks))
-        exact = share * c
-        whole = np.floor(exact)
-        missing = int(c - whole.sum())
-        if missing:
-            whole[np.argsort(whole - exact)[:missing]] += 1
+        # Round the running total, so observations sit evenly through the bucket.
+        whole = np.diff(np.concatenate(([0.0], np.round(np.cumsum(share) * c))))
         keep = whole > 0
         indices.append(ks[keep])
         weights.append(whole[keep])

@@ -1,0 +1,213 @@
+"""POST /v1/metrics: encodings, compression and the answers the OTLP/HTTP specification asks for."""
+
+from __future__ import annotations
+
+import gzip
+
+import orjson
+import pytest
+import time_machine
+from google.protobuf import json_format
+from google.rpc import status_pb2
+from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import ExportMetricsServiceResponse
+
+from metrics import otlp
+from metrics.models import ApiKey, Point
+
+from .otlp_builders import gauge, histogram, request
+
+pytestmark = pytest.mark.django_db
+
+NOW = "2026-11-28T12:00:30Z"
+PROTOBUF = "application/x-protobuf"
+
+
+@pytest.fixture(autouse=True)
+def _frozen_clock():
+    otlp.cumulative.clear()
+    with time_machine.travel(NOW, tick=False):
+        yield
+
+
+def post(client, body: bytes, content_type: str = PROTOBUF, **headers: str):
+    return client.post("/v1/metrics", body, content_type=content_type, headers=headers)
+
+
+def status_of(response) -> status_pb2.Status:
+    status = status_pb2.Status()
+    if response["Content-Type"] == PROTOBUF:
+        status.ParseFromString(response.content)
+    else:
+        json_format.Parse(response.content, status)
+    return status
+
+
+def cpu_request(value: float = 0.25, service: str = "api"):
+    return request(service, gauge("system.cpu.utilization", "1", value, NOW, {"cpu": 0}))
+
+
+def test_it_accepts_protobuf_and_answers_an_empty_protobuf_response(client):
+    response = post(client, cpu_request().SerializeToString())
+    assert response.status_code == 200
+    assert response["Content-Type"] == PROTOBUF
+    assert response.content == ExportMetricsServiceResponse().SerializeToString() == b""
+    point = Point.objects.get()
+    assert (point.service, point.metric_type, point.value, point.tags) == ("api", "cpu", 25.0, {"cpu": 0})
+
+
+def test_it_accepts_the_otlp_json_mapping(client):
+    # lowerCamelCase keys, 64-bit integers as strings, enums as integers: as an SDK's JSON exporter sends it.
+    body = {
+        "resourceMetrics": [
+            {
+                "resource": {"attributes": [{"key": "service.name", "value": {"stringValue": "web"}}]},
+                "scopeMetrics": [
+                    {
+                        "metrics": [
+                            {
+                                "name": "http.server.request.duration",
+                                "unit": "s",
+                                "histogram": {
+                                    "aggregationTemporality": 1,
+                                    "dataPoints": [
+                                        {
+                                            "timeUnixNano": "1795867230000000000",
+                                            "count": "4",
+                                            "sum": 0.4,
+                                            "bucketCounts": ["0", "4", "0"],
+                                            "explicitBounds": [0.05, 0.2],
+                                            "attributes": [{"key": "http.route", "value": {"stringValue": "/a"}}],
+                                        }
+                                    ],
+                                },
+                            }
+                        ]
+                    }
+                ],
+            }
+        ]
+    }
+    response = post(client, orjson.dumps(body), "application/json")
+    assert response.status_code == 200, response.content
+    assert response["Content-Type"] == "application/json"
+    assert response.json() == {}
+    point = Point.objects.get()
+    assert (point.service, point.metric_type, point.value, point.tags) == (
+        "web",
+        "latency",
+        100.0,
+        {"http.route": "/a"},
+    )
+
+
+def test_it_accepts_gzip_bodies(client):
+    response = post(client, gzip.compress(cpu_request().SerializeToString()), **{"Content-Encoding": "gzip"})
+    assert response.status_code == 200
+    assert Point.objects.count() == 1
+
+
+def test_it_reports_rejected_points_as_partial_success(client):
+    message = request(
+        "api",
+        gauge("system.cpu.utilization", "1", 0.5, NOW),
+        gauge("system.cpu.utilization", "1", 1.5, NOW),  # 150 %: out of range
+        gauge("not.a.known.metric", "1", 1, NOW),
+    )
+    response = post(client, message.SerializeToString())
+    assert response.status_code == 200
+    answer = ExportMetricsServiceResponse.FromString(response.content)
+    assert answer.partial_success.rejected_data_points == 1
+    assert "value" in answer.partial_success.error_message
+    assert "not.a.known.metric" in answer.partial_success.error_message
+    assert list(Point.objects.values_list("value", flat=True)) == [50.0]
+
+
+def test_partial_success_in_json_uses_the_json_mapping(client):
+    body = json_format.MessageToJson(cpu_request(value=2.0))
+    response = post(client, body.encode(), "application/json")
+    assert response.status_code == 200
+    assert response.json()["partialSuccess"]["rejectedDataPoints"] == "1"
+
+
+@pytest.mark.parametrize(
+    ("body", "content_type"),
+    [(b"\xff\xff\xff", PROTOBUF), (b"{not json", "application/json"), (b'{"resourceMetrics": 5}', "application/json")],
+)
+def test_it_answers_400_with_a_status_for_undecodable_bodies(client, body, content_type):
+    response = post(client, body, content_type)
+    assert response.status_code == 400
+    assert response["Content-Type"] == content_type
+    assert "not a valid" in status_of(response).message
+    assert Point.objects.count() == 0
+
+
+def test_it_answers_400_for_broken_gzip(client):
+    response = post(client, b"not gzip at all", **{"Content-Encoding": "gzip"})
+    assert response.status_code == 400
+    assert "gzip" in status_of(response).message
+
+
+def test_it_answers_415_for_other_content_types_and_encodings(client):
+    assert post(client, b"x", "text/plain").status_code == 415
+    response = post(client, b"x", **{"Content-Encoding": "br"})
+    assert response.status_code == 415
+    assert "Content-Encoding" in status_of(response).message
+
+
+def test_it_answers_405_to_other_methods(client):
+    response = client.get("/v1/metrics")
+    assert response.status_code == 405
+    assert response["Allow"] == "POST"
+
+
+def test_it_answers_413_with_retry_after_for_big_bodies_and_gzip_bombs(client, telemetry):
+    telemetry(INGEST_MAX_BODY_BYTES=2048)
+    big = post(client, b"\x00" * 4096)
+    assert big.status_code == 413
+    assert big["Retry-After"] == "0"
+    bomb = post(client, gzip.compress(b"\x00" * 100_000), **{"Content-Encoding": "gzip"})
+    assert bomb.status_code == 413
+    assert "Decompressed" in status_of(bomb).message
+
+
+def test_it_answers_429_with_retry_after_over_the_service_cap(client, telemetry):
+    telemetry(MAX_SERVICES=1)
+    assert post(client, cpu_request(service="one").SerializeToString()).status_code == 200
+    response = post(client, cpu_request(service="two").SerializeToString())
+    assert response.status_code == 429
+    assert response["Retry-After"] == "1"
+    assert "Service limit" in status_of(response).message
+
+
+def test_it_answers_401_without_a_valid_key_when_keys_are_required(client, telemetry):
+    telemetry(REQUIRE_API_KEY=True)
+    body = cpu_request().SerializeToString()
+    missing = post(client, body)
+    assert missing.status_code == 401
+    assert status_of(missing).code == 16  # UNAUTHENTICATED
+    assert post(client, body, Authorization="Bearer wrong").status_code == 401
+    _, raw = ApiKey.generate("collector")
+    assert post(client, body, Authorization=f"Bearer {raw}").status_code == 200
+    assert Point.objects.count() == 1
+
+
+def test_a_service_scoped_key_rejects_other_services_as_partial_success(client, telemetry):
+    telemetry(REQUIRE_API_KEY=True)
+    _, raw = ApiKey.generate("collector", services="api")
+    message = request("api", gauge("system.cpu.utilization", "1", 0.1, NOW))
+    message.resource_metrics.extend(cpu_request(service="db").resource_metrics)
+    response = post(client, message.SerializeToString(), **{"X-API-Key": raw})
+    assert response.status_code == 200
+    answer = ExportMetricsServiceResponse.FromString(response.content)
+    assert answer.partial_success.rejected_data_points == 1
+    assert "'db'" in answer.partial_success.error_message
+    assert list(Point.objects.values_list("service", flat=True)) == ["api"]
+
+
+def test_a_breaching_histogram_opens_an_alert(client):
+    slow = histogram("http.server.request.duration", "s", [1.0, 2.0], [0, 10, 0], 15.0, NOW)
+    assert post(client, request("api", slow).SerializeToString()).status_code == 200
+    alerts = client.get("/metrics/alerts").json()["alerts"]
+    assert [(a["service"], a["metric_type"], a["severity"], a["value"]) for a in alerts] == [
+        ("api", "latency", "critical", 1500.0)
+    ]

@@ -31,6 +31,8 @@ from . import selection as sel
 from .status import window_totals
 
 MAX_ALERT_MARKS = 200
+# Raw values of the current bucket sent with a percentile chart (sampled beyond this).
+MAX_LIVE_VALUES = 5000
 
 
 def epoch_ms(dt: datetime) -> int:
@@ -118,15 +120,16 @@ def _sketch_pooled(summaries: rollups.MinuteSummaries, size: int) -> tuple[np.nd
 
 
 def pooled_percentiles(spec: query.QuerySpec, now: datetime) -> dict[str, Any]:
+    """Complete buckets summarised here; the current bucket as raw values, so the page keeps it exact live."""
     use_raw, size = plan(spec, now)
+    current = datetime.fromtimestamp((int(spec.end.timestamp()) // size) * size, tz=spec.end.tzinfo)
+    empty: tuple[np.ndarray, np.ndarray, Any] = (np.array([]), np.empty((0, 3)), [])
     if use_raw:
-        _, _, when, value = rollups.fetch_raw(spec.start, spec.end, spec.services, spec.metric_types)
-        starts, pct, counts = _exact_pooled(when, value, size) if len(when) else (np.array([]), np.empty((0, 3)), [])
+        _, _, when, value = rollups.fetch_raw(spec.start, current, spec.services, spec.metric_types)
+        starts, pct, counts = _exact_pooled(when, value, size) if len(when) else empty
     else:
-        summaries = query.minute_summaries(spec, rollups.floor_minute(spec.start), spec.end)
-        starts, pct, counts = (
-            _sketch_pooled(summaries, size) if len(summaries) else (np.array([]), np.empty((0, 3)), [])
-        )
+        summaries = query.minute_summaries(spec, rollups.floor_minute(spec.start), current)
+        starts, pct, counts = _sketch_pooled(summaries, size) if len(summaries) else empty
     xs = [int(s) * 1000 for s in starts.tolist()]
     datasets = []
     for qi, key in enumerate(("p50", "p95", "p99")):
@@ -138,11 +141,15 @@ def pooled_percentiles(spec: query.QuerySpec, now: datetime) -> dict[str, Any]:
                 "data": [{"x": x, "y": y} for x, y in zip(xs, column, strict=True) if y == y],
             }
         )
+    _, _, _, tail = rollups.fetch_raw(current, spec.end + timedelta(seconds=1), spec.services, spec.metric_types)
+    if len(tail) > MAX_LIVE_VALUES:
+        tail = np.random.default_rng().choice(tail, MAX_LIVE_VALUES, replace=False)
     return {
         "source": "raw" if use_raw else "rollup",
         "bucket_seconds": size,
         "datasets": datasets,
-        "points": int(np.sum(counts)) if len(xs) else 0,
+        "live": {"x": epoch_ms(current), "values": tail.tolist()},
+        "points": int(np.sum(counts)) + len(tail) if len(xs) or len(tail) else 0,
     }
 
 

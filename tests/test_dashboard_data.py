@@ -152,3 +152,12 @@ def test_data_endpoints_answer_401_json_when_login_is_required(client, frozen, t
 
 def test_data_endpoints_only_answer_get(client, frozen):
     assert client.post("/dashboard/data/compare").status_code == 405
+
+
+def test_the_current_bucket_comes_as_raw_values_for_the_page_to_keep_live(client, ingest):
+    ingest(("api", "latency", 42.0, 1 / 600), ("api", "latency", 100.0, 30))
+    body = get(client, "/dashboard/data/percentiles?range=1h")
+    assert body["live"]["values"] == [42.0]
+    assert body["live"]["x"] <= int(NOW.timestamp() * MS) < body["live"]["x"] + body["bucket_seconds"] * MS
+    assert [p["y"] for p in series(body, "p50")] == [100.0]
+    assert body["points"] == 2

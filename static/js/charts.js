@@ -187,6 +187,12 @@
       body.datasets.forEach(function (d) {
         if (d.data.length) state.lastServerX = Math.max(state.lastServerX, d.data[d.data.length - 1].x);
       });
+      if (body.live) {
+        // The current bucket arrives as raw values: live points join them, so it stays exact.
+        state.lastServerX = body.live.x - state.bucketMs;
+        state.live.set(body.live.x, body.live.values.slice(0, MAX_LIVE_VALUES));
+        drawBucket(state, body.live.x);
+      }
     }
     render(state);
   }
@@ -208,21 +214,26 @@
 
   function addPercentile(state, p, ts) {
     var b = Math.floor(ts / state.bucketMs) * state.bucketMs;
-    if (b <= state.lastServerX) return; // in a bucket the server summarised; refreshed on catch-up
+    if (b <= state.lastServerX) return; // a bucket the server already summarised (a late point)
     var bucket = state.live.get(b);
     if (!bucket) { bucket = []; state.live.set(b, bucket); }
     if (bucket.length < MAX_LIVE_VALUES) bucket.push(p.value);
     else bucket[Math.floor(Math.random() * MAX_LIVE_VALUES)] = p.value;
-    var sorted = bucket.slice().sort(function (a, c) { return a - c; });
+    drawBucket(state, b);
+  }
+
+  /* Exact percentiles of a live bucket from its raw values. */
+  function drawBucket(state, b) {
+    var values = state.live.get(b);
+    if (!values || !values.length) return;
+    var sorted = values.slice().sort(function (a, c) { return a - c; });
+    if (!state.chart.data.datasets.length) {
+      state.chart.data.datasets = ["p50", "p95", "p99"].map(function (k) { return lineDataset(k, k.toUpperCase(), [], "line"); });
+    }
     state.chart.data.datasets.forEach(function (d) {
       var q = { p50: 0.5, p95: 0.95, p99: 0.99 }[d.key];
       if (q !== undefined) upsert(d.data, b, quantile(sorted, q));
     });
-    if (!state.chart.data.datasets.length) {
-      state.chart.data.datasets = ["p50", "p95", "p99"].map(function (k) {
-        return lineDataset(k, k.toUpperCase(), [{ x: b, y: quantile(sorted, { p50: 0.5, p95: 0.95, p99: 0.99 }[k]) }], "line");
-      });
-    }
   }
 
   function addAverage(state, p, ts) {

@@ -24,7 +24,13 @@ from metrics.streaming import (
 
 
 def point(service="api", metric_type="latency", value=1.0, **tags):
-    return {"timestamp": "2024-01-01T12:00:00Z", "service": service, "metric_type": metric_type, "value": value, "tags": tags}
+    return {
+        "timestamp": "2024-01-01T12:00:00Z",
+        "service": service,
+        "metric_type": metric_type,
+        "value": value,
+        "tags": tags,
+    }
 
 
 def alert(service="api", metric_type="latency", id=1):

@@ -1,0 +1,70 @@
+"""GET /metrics/health: 200 healthy with its checks, 503 unhealthy when the database is gone."""
+
+from __future__ import annotations
+
+import os
+
+import httpx
+import pytest
+from django.db import OperationalError
+
+from metrics import views
+from metrics.models import Service
+from tests.live import LiveServer, free_port
+
+URL = "/metrics/health"
+
+
+@pytest.mark.django_db
+def test_it_reports_healthy_with_its_checks(client):
+    Service.objects.create(name="api", first_seen="2026-01-01T00:00:00Z", last_seen="2026-01-01T00:00:00Z")
+    response = client.get(URL)
+    assert response.status_code == 200
+    body = response.json()
+    assert body["status"] == "healthy"
+    assert body["services_count"] == 1
+    assert body["checks"] == {"database": "ok", "channel_layer": "ok"}
+    assert body["timestamp"].endswith("Z")
+    assert body["version"]
+
+
+@pytest.mark.django_db
+def test_it_answers_503_unhealthy_when_the_database_fails(client, monkeypatch):
+    class Broken:
+        def cursor(self):
+            raise OperationalError("connection refused")
+
+    monkeypatch.setattr(views, "connection", Broken())
+    response = client.get(URL)
+    assert response.status_code == 503
+    body = response.json()
+    assert body["status"] == "unhealthy"
+    assert body["checks"]["database"].startswith("error")
+    assert body["services_count"] == 0
+
+
+@pytest.mark.django_db
+def test_other_methods_are_405(client):
+    assert client.post(URL).status_code == 405
+
+
+@pytest.mark.live
+def test_a_real_server_with_an_unreachable_database_answers_503(tmp_path):
+    """A daphne whose DATABASE_URL points at a closed port: health says so, fast, and the server stays up."""
+    env = {"DATABASE_URL": f"postgres://postgres@127.0.0.1:{free_port()}/nothing", "DATABASE_CONNECT_TIMEOUT": "1"}
+    if os.environ.get("REDIS_URL"):
+        env["REDIS_URL"] = os.environ["REDIS_URL"]
+    with LiveServer(tmp_path, migrate_first=False, **env) as server:
+        response = httpx.get(server.url + URL, timeout=20)
+        assert response.status_code == 503
+        body = response.json()
+        assert body["status"] == "unhealthy"
+        assert body["checks"]["database"].startswith("error")
+        # Ingest is refused with 503 in the error shape, not a 500.
+        ingest = httpx.post(
+            server.url + "/metrics/ingest",
+            json={"service": "api", "metric_type": "latency", "value": 1},
+            timeout=20,
+        )
+        assert ingest.status_code == 503, ingest.text
+        assert ingest.json()["details"][0]["field"] == "database"

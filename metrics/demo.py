@@ -56,12 +56,14 @@ class DemoSource:
             base = PROFILES.get(svc, DEFAULT_PROFILE)
             spike = 1.0 + (self.rng.random() < 0.01) * self.rng.uniform(0.5, 2.0)
             latency = base["latency"] * (0.8 + 0.4 * day) * self.rng.lognormvariate(0, 0.15) * spike
-            latency *= 1 + 4 * factor
             error_rate = base["error_rate"] * (0.7 + 0.6 * day) * self.rng.lognormvariate(0, 0.3)
-            error_rate += 0.04 * factor
             throughput = base["throughput"] * (0.4 + 0.6 * day) * self.rng.uniform(0.9, 1.1)
             if factor:
-                throughput = min(throughput, 140 / factor)
+                # An incident crosses the seeded thresholds whatever the service's
+                # normal level: severity 1 the warning line, severity 2 the critical one.
+                latency = max(latency, (300 + 400 * factor) * self.rng.lognormvariate(0, 0.05))
+                error_rate += 0.03 + 0.04 * factor
+                throughput = min(throughput, (140 - 50 * factor) * self.rng.uniform(0.8, 1.0))
             cpu = base["cpu"] * (0.7 + 0.5 * day) + self.rng.gauss(0, 3) + 25 * factor
             memory = base["memory"] + 5 * day + self.rng.gauss(0, 1.5) + 8 * factor
             tags = {"endpoint": ENDPOINTS.get(svc, "/"), "region": "us-east", "host": f"{svc}-1"}
@@ -74,6 +76,12 @@ class DemoSource:
             }
             for metric_type, value in values.items():
                 out.append(
-                    {"timestamp": stamp, "service": svc, "metric_type": metric_type, "value": round(value, 4), "tags": tags}
+                    {
+                        "timestamp": stamp,
+                        "service": svc,
+                        "metric_type": metric_type,
+                        "value": round(value, 4),
+                        "tags": tags,
+                    }
                 )
         return out

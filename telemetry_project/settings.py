@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
+from typing import Any
 
 from corsheaders.defaults import default_headers
 from django.core.exceptions import ImproperlyConfigured
@@ -281,7 +282,7 @@ if not DEBUG:
 
 # --- Telemetry's own knobs ----------------------------------------------------
 DATA_UPLOAD_MAX_MEMORY_SIZE = envint("INGEST_MAX_BODY_BYTES", 5 * 1024 * 1024, 1024)
-TELEMETRY = {
+TELEMETRY: dict[str, Any] = {
     "INGEST_MAX_POINTS": envint("INGEST_MAX_POINTS", 10_000, 1),
     "INGEST_MAX_BODY_BYTES": DATA_UPLOAD_MAX_MEMORY_SIZE,
     "MAX_TAGS": envint("INGEST_MAX_TAGS", 16, 0),

@@ -61,7 +61,7 @@ test-postgres: install-dev
 lint: install-dev
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
-	$(VENV)/bin/mypy .
+	DEBUG=1 $(VENV)/bin/mypy .
 
 bench: install-dev
 	$(PY) -m bench $(BENCH_ARGS)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import threading
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
@@ -177,12 +178,17 @@ def _touch_services(rows: list[Row], now: datetime) -> None:
 
 
 def store(
-    rows: list[Row], now: datetime | None = None, contributions: list[rollups.MinuteSummaries] | None = None
+    rows: list[Row],
+    now: datetime | None = None,
+    contributions: list[rollups.MinuteSummaries] | None = None,
+    before_commit: Callable[[], None] | None = None,
 ) -> IngestResult:
     """Commit rows and their alert effects atomically; broadcast after commit.
 
     `contributions` are pre-bucketed observations (OTLP histogram buckets) for
     the rollups of the same minutes, stored in the same transaction.
+    `before_commit` runs last inside the transaction; raising there rolls the
+    request back (the HTTP view uses it when it already answered 503).
     """
     now = now or datetime.now(UTC)
     with transaction.atomic():
@@ -193,6 +199,8 @@ def store(
             rollups.insert_contributions(contributions)
         rollups.refresh_late_minutes(rows)
         outcome = evaluate(rows)
+        if before_commit is not None:
+            before_commit()
     stats.inc("points_ingested", len(rows))
     points: list[PointDict] = [
         {

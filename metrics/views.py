@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import threading
 from datetime import UTC, datetime
 from typing import Any
 
@@ -17,6 +19,16 @@ from .http import FastJsonResponse, authenticate_key, error, error_from, json_bo
 from .ingest import store
 from .models import Alert, Service, iso
 from .validation import ValidationErrors, error_item, extract_points, parse_json, validate_points
+
+
+def _db_answer_seconds() -> float:
+    """How long a request waits for the database before answering 503."""
+    return float(settings.TELEMETRY.get("DB_ANSWER_TIMEOUT_SECONDS", 5))
+
+
+def _abort_if(abandoned: threading.Event) -> None:
+    if abandoned.is_set():
+        raise RequestAbandoned("the client was already answered 503")
 
 
 def _db_unavailable(exc: Exception) -> HttpResponse:
@@ -40,7 +52,13 @@ def _check_services_allowed(key: Any, rows: list) -> HttpResponse | None:
     return None
 
 
-def _ingest_sync(request: HttpRequest, body: bytes) -> tuple[HttpResponse, Any]:
+class RequestAbandoned(OperationalError):
+    """The view already answered 503 (database too slow): roll the request back."""
+
+
+def _ingest_sync(
+    request: HttpRequest, body: bytes, abandoned: threading.Event | None = None
+) -> tuple[HttpResponse, Any]:
     key, denied = authenticate_key(request)
     if denied:
         return denied, None
@@ -54,7 +72,7 @@ def _ingest_sync(request: HttpRequest, body: bytes) -> tuple[HttpResponse, Any]:
     if forbidden:
         return forbidden, None
     try:
-        result = store(rows)
+        result = store(rows, before_commit=(lambda: _abort_if(abandoned)) if abandoned else None)
     except ValidationErrors as exc:
         stats.inc("requests_rejected")
         return error_from(exc), None
@@ -95,8 +113,16 @@ async def ingest(request: HttpRequest) -> HttpResponse:
     if problem:
         return problem
     assert body is not None
+    abandoned = threading.Event()
     try:
-        response, result = await _on_pooled_thread(_ingest_sync)(request, body)
+        response, result = await asyncio.wait_for(
+            _on_pooled_thread(_ingest_sync)(request, body, abandoned), _db_answer_seconds()
+        )
+    except TimeoutError:
+        # A frozen or partitioned database: answer now, and make the worker
+        # roll back if it ever gets as far as committing.
+        abandoned.set()
+        return _db_unavailable(TimeoutError("no answer from the database"))
     except (OperationalError, DatabaseError) as exc:
         return _db_unavailable(exc)
     if result is not None:
@@ -194,7 +220,10 @@ def _database_check() -> tuple[str, int]:
 
 @require_methods("GET")
 async def health(request: HttpRequest) -> HttpResponse:
-    db_status, services_count = await sync_to_async(_database_check)()
+    try:
+        db_status, services_count = await asyncio.wait_for(sync_to_async(_database_check)(), _db_answer_seconds())
+    except TimeoutError:
+        db_status, services_count = "error: no answer from the database", 0
     layer_status = await broadcast.probe()
     healthy = db_status == "ok"
     body = {

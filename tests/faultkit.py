@@ -16,6 +16,7 @@ import shutil
 import sqlite3
 import subprocess
 import sys
+import tempfile
 import time
 from collections import Counter
 from pathlib import Path
@@ -139,12 +140,13 @@ def postgres_bindir() -> Path | None:
 class OwnPostgres:
     """A PostgreSQL cluster in a temp dir on a free port, run as a non-root user when we are root."""
 
-    def __init__(self, base: Path, port: int | None = None) -> None:
+    def __init__(self, port: int | None = None) -> None:
         self.bindir = postgres_bindir()
         self.port = port or free_port()
-        self.datadir = base / "pgdata"
-        self.logfile = base / "pg.log"
-        self.base = base
+        # Not under pytest's tmp_path: that is private to root, and initdb refuses root.
+        self.base = Path(tempfile.mkdtemp(prefix="telemetry-pg-"))
+        self.datadir = self.base / "pgdata"
+        self.logfile = self.base / "pg.log"
         self.user = "postgres" if os.geteuid() == 0 else None
 
     @property
@@ -182,6 +184,10 @@ class OwnPostgres:
 
     def stop(self, mode: str = "fast") -> None:
         self._run(str(self.bindir / "pg_ctl"), "-D", str(self.datadir), "-m", mode, "-w", "stop", check=False)
+
+    def destroy(self) -> None:
+        self.stop("immediate")
+        shutil.rmtree(self.base, ignore_errors=True)
 
 
 def post(url: str, points: list[dict], timeout: float = 10.0) -> httpx.Response:

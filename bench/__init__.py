@@ -1,0 +1,1 @@
+"""The standing benchmark: `python -m bench [--quick] [--postgres]` (see docs/performance.md)."""

@@ -1,0 +1,213 @@
+"""Figures 3, 7 and 6 over one big database.
+
+3. /metrics/query latency: (a) 1 h raw of one series, (b) 24 h `auto` buckets
+   (P50/P95/P99) of all five services for one type, (c) 7 d from rollups, same
+   shape; over 24 h of 1 Hz points for 25 series (2.16 M rows) + 7 d of rollups.
+7. GET / (the dashboard) server render over the same data.
+6. `manage.py prune` on a copy whose raw day is not rolled up yet, with a raw
+   retention of 1 h, so it rolls up all 2.16 M rows and deletes ~2.07 M, while
+   a paced stream of single-point ingests measures how ingestion answers.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from .common import (
+    ROOT,
+    Config,
+    Figure,
+    fresh_dir,
+    latency_summary,
+    migrate_database,
+    pg_recreate,
+    ratio,
+    running_server,
+    server_overrides,
+)
+from .dataset import SERVICES, Writer, build, forget_raw_rollups
+from .fig_ingest import single_bodies
+from .loadgen import PacedLoad, summary
+
+DB = "telemetry_bench_query"
+PRUNE_DB = "telemetry_bench_prune"
+
+
+def iso(dt: datetime) -> str:
+    return dt.astimezone(UTC).replace(tzinfo=None).isoformat(timespec="seconds") + "Z"
+
+
+def queries(now: datetime) -> dict[str, dict[str, Any]]:
+    return {
+        "a": {
+            "start_time": iso(now - timedelta(hours=1)),
+            "end_time": iso(now),
+            "services": ["api"],
+            "metric_types": ["latency"],
+            "aggregation": "raw",
+        },
+        "b": {
+            "start_time": iso(now - timedelta(hours=24)),
+            "end_time": iso(now),
+            "services": list(SERVICES),
+            "metric_types": ["latency"],
+            "aggregation": "auto",
+        },
+        "c": {
+            "start_time": iso(now - timedelta(days=7) + timedelta(minutes=1)),
+            "end_time": iso(now),
+            "services": list(SERVICES),
+            "metric_types": ["latency"],
+            "aggregation": "auto",
+        },
+    }
+
+
+TARGETS_MS = {"a": 20.0, "b": 50.0, "c": 100.0}
+TITLES = {"a": "query 1 h raw, one series", "b": "query 24 h auto, 5 services", "c": "query 7 d rollups, 5 services"}
+
+
+def _time_requests(
+    client: httpx.Client, method: str, url: str, n: int, warmup: int, **kwargs: Any
+) -> tuple[list[float], Any]:
+    last = None
+    for _ in range(warmup):
+        last = client.request(method, url, **kwargs)
+    times = []
+    for _ in range(n):
+        t0 = time.perf_counter()
+        last = client.request(method, url, **kwargs)
+        times.append(time.perf_counter() - t0)
+        if last.status_code != 200:
+            raise RuntimeError(f"{method} {url} answered {last.status_code}: {last.text[:300]}")
+    return times, last
+
+
+def build_database(cfg: Config, log: Any) -> tuple[Path, Any]:
+    data_dir = fresh_dir(cfg, "query")
+    if cfg.postgres:
+        pg_recreate(DB)
+        migrate_database(cfg, data_dir, DB)
+        writer = Writer(pg_url=f"postgres://postgres@127.0.0.1:5432/{DB}")
+    else:
+        migrate_database(cfg, data_dir)
+        writer = Writer(sqlite_path=data_dir / "telemetry.sqlite3")
+    dataset = build(
+        writer,
+        raw_seconds=cfg.size(2000, 86400),
+        rollup_days=cfg.size(2, 7),
+        per_minute=cfg.size(4, 60),
+        progress=lambda msg: log(f"    build: {msg}") if not cfg.quick else None,
+    )
+    log(f"  built {dataset.raw_rows:,} raw rows + {dataset.rollup_rows:,} rollup rows in {dataset.seconds:.1f} s")
+    return data_dir, dataset
+
+
+def run(cfg: Config, log: Any) -> list[Figure]:
+    figures: list[Figure] = []
+    data_dir, dataset = build_database(cfg, log)
+    n = cfg.size(10, 100)
+    with running_server(cfg, data_dir, DB, migrate_first=False) as server, httpx.Client(timeout=60) as client:
+        now = datetime.now(UTC)
+        for name, body in queries(now).items():
+            log(f"  fig 3{name}: {TITLES[name]} ...")
+            times, last = _time_requests(client, "POST", server.url + "/metrics/query", n, 3, json=body)
+            answer = last.json()
+            lat = latency_summary(times)
+            ok = lat["p95_ms"] is not None and lat["p95_ms"] < TARGETS_MS[name] and len(answer["data"]) > 0
+            figures.append(
+                Figure(
+                    key=f"3{name}_query",
+                    title=TITLES[name],
+                    value=lat["p95_ms"],
+                    unit="ms p95",
+                    target=f"p95 < {TARGETS_MS[name]:g} ms",
+                    passed=ok,
+                    details={
+                        **lat,
+                        "rows": len(answer["data"]),
+                        "source": answer.get("source"),
+                        "bucket_seconds": answer.get("bucket_seconds"),
+                        "raw_rows_in_db": dataset.raw_rows,
+                        "rollup_rows_in_db": dataset.rollup_rows,
+                    },
+                )
+            )
+        log("  fig 7: GET / dashboard render ...")
+        times, last = _time_requests(client, "GET", server.url + "/", cfg.size(5, 50), 2)
+        lat = latency_summary(times)
+        figures.append(
+            Figure(
+                key="7_dashboard",
+                title="dashboard / server render",
+                value=lat["p95_ms"],
+                unit="ms p95",
+                target="p95 < 100 ms",
+                passed=lat["p95_ms"] is not None and lat["p95_ms"] < 100,
+                details={**lat, "bytes": len(last.content)},
+            )
+        )
+    figures.append(prune_figure(cfg, data_dir, dataset, log))
+    return figures
+
+
+def prune_figure(cfg: Config, data_dir: Path, dataset: Any, log: Any) -> Figure:
+    prune_dir = fresh_dir(cfg, "prune")
+    if cfg.postgres:
+        pg_recreate(PRUNE_DB, template=DB)
+        writer = Writer(pg_url=f"postgres://postgres@127.0.0.1:5432/{PRUNE_DB}")
+    else:
+        for suffix in ("", "-wal", "-shm"):
+            src = data_dir / f"telemetry.sqlite3{suffix}"
+            if src.exists():
+                shutil.copy2(src, prune_dir / src.name)
+        writer = Writer(sqlite_path=prune_dir / "telemetry.sqlite3")
+    forget_raw_rollups(writer, dataset.raw_start)
+    rate = 20.0
+    with running_server(cfg, prune_dir, PRUNE_DB, migrate_first=False) as server:
+        load = PacedLoad(server.url + "/metrics/ingest", single_bodies(), rate).start()
+        time.sleep(cfg.size(1.0, 3.0))
+        quiet_end = time.perf_counter()
+        env = dict(server.env)
+        env["RAW_RETENTION_HOURS"] = "1"
+        log("  fig 6: manage.py prune (raw retention 1 h) under paced ingest ...")
+        t0 = time.perf_counter()
+        proc = subprocess.run(
+            [sys.executable, "manage.py", "prune"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=1800
+        )
+        prune_seconds = time.perf_counter() - t0
+        prune_end = time.perf_counter()
+        time.sleep(0.5)
+        samples = load.stop()
+    during = summary([s for s in samples if t0 <= s[0] < prune_end])
+    quiet = summary([s for s in samples if s[0] < quiet_end])
+    p99 = during["p99_ms"]
+    ok = proc.returncode == 0 and prune_seconds < 60 and p99 is not None and p99 < 200 and during["errors"] == 0
+    return Figure(
+        key="6_prune",
+        title="prune 2.16M rows (rollup+delete)",
+        value=round(prune_seconds, 2),
+        unit="s",
+        baseline=quiet["p99_ms"],
+        baseline_label="ingest p99 ms before prune",
+        ratio=ratio(p99, quiet["p99_ms"]),
+        target="< 60 s; ingest p99 < 200 ms meanwhile",
+        passed=ok,
+        details={
+            "prune_output": (proc.stdout + proc.stderr)[-1500:],
+            "returncode": proc.returncode,
+            "ingest_during_prune": during,
+            "ingest_before_prune": quiet,
+            "offered_rate_per_s": rate,
+            "raw_rows": dataset.raw_rows,
+            "env": {k: v for k, v in server_overrides(cfg, PRUNE_DB).items() if k != "SECRET_KEY"},
+        },
+    )

@@ -182,10 +182,12 @@ def _series_key(service: str, name: str, tags: dict[str, Any]) -> tuple:
 def histogram_sketch(bounds: np.ndarray, counts: np.ndarray, low: float, high: float) -> tuple[np.ndarray, np.ndarray]:
     """Sketch (bucket index, count) pairs for explicit-bucket counts, spread linearly within each bucket.
 
-    Bucket i covers (bounds[i-1], bounds[i]]; the open-ended first and last
-    buckets are closed with the observed `low`/`high`.
+    Bucket i covers (bounds[i-1], bounds[i]], narrowed to the observed
+    [low, high], which also closes the open-ended first and last buckets.
     """
     edges = np.concatenate(([low], bounds, [high])).astype(np.float64)
+    if low <= high:  # no observation lies outside what was observed
+        edges = np.clip(edges, low, high)
     indices: list[np.ndarray] = []
     weights: list[np.ndarray] = []
     for i, c in enumerate(counts.tolist()):

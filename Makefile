@@ -34,12 +34,7 @@ install-dev: install $(VENV)/.installed-dev
 # Serves the ASGI app (daphne) with the demo generator feeding it over HTTP;
 # Ctrl-C stops both.
 run: install
-	@echo "Telemetry on http://localhost:$(PORT)/  (Ctrl-C stops the server and the generator)"
-	@trap 'kill $$(jobs -p) 2>/dev/null; wait; exit 0' INT TERM; \
-	DEBUG=$${DEBUG:-1} $(VENV)/bin/daphne -b 0.0.0.0 -p $(PORT) telemetry_project.asgi:application & \
-	for i in $$(seq 1 50); do curl -sf http://127.0.0.1:$(PORT)/metrics/health >/dev/null 2>&1 && break; sleep 0.2; done; \
-	DEBUG=$${DEBUG:-1} $(PY) manage.py generate_metrics --url http://127.0.0.1:$(PORT) & \
-	wait
+	PORT=$(PORT) $(PY) scripts/run.py
 
 test: install-dev
 	$(VENV)/bin/pytest -q $(PYTEST_ARGS)

@@ -203,7 +203,7 @@ if DATABASE_URL:
     import dj_database_url
 
     try:
-        _db = dj_database_url.parse(DATABASE_URL, conn_max_age=600, conn_health_checks=True)
+        _db: dict[str, Any] = dict(dj_database_url.parse(DATABASE_URL, conn_max_age=600, conn_health_checks=True))
     except Exception as exc:  # the library raises several types for bad URLs
         raise ImproperlyConfigured(f"DATABASE_URL is not a valid database URL: {exc}") from None
     if _db["ENGINE"] == "django.db.backends.sqlite3":

@@ -23,6 +23,7 @@ import httpx
 import orjson
 import pytest
 import websockets
+from websockets.typing import Origin
 
 from tests import pgtools
 from tests.live import ROOT, LiveServer, free_port
@@ -80,7 +81,7 @@ def ingest(server: LiveServer, body) -> httpx.Response:
 
 
 async def subscribed(ws_url: str, origin: str, service: str):
-    ws = await websockets.connect(ws_url, origin=origin, open_timeout=20, max_size=None)
+    ws = await websockets.connect(ws_url, origin=Origin(origin), open_timeout=20, max_size=None)
     first = orjson.loads(await asyncio.wait_for(ws.recv(), 20))
     assert first["type"] == "initial"
     await ws.send(orjson.dumps({"action": "subscribe", "services": [service]}).decode())

@@ -12,6 +12,7 @@ import pytest
 import websockets
 from channels.testing import WebsocketCommunicator
 from django.contrib.auth import get_user_model
+from websockets.typing import Origin
 
 from metrics.access import websocket_allowed
 from telemetry_project.asgi import application
@@ -79,7 +80,7 @@ def test_the_consumer_side_check_follows_the_setting(telemetry):
 
 async def _status_of_handshake(url: str, origin: str | None) -> int:
     try:
-        async with websockets.connect(url, origin=origin, open_timeout=15) as ws:
+        async with websockets.connect(url, origin=Origin(origin) if origin else None, open_timeout=15) as ws:
             first = await asyncio.wait_for(ws.recv(), 15)
             assert '"initial"' in first
             return 101

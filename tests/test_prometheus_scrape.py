@@ -1,0 +1,108 @@
+"""A real Prometheus server scrapes a real Telemetry server and answers with the ingested values."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import subprocess
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests import pgtools
+from tests.live import LiveServer, free_port
+
+pytestmark = [pytest.mark.live, pytest.mark.slow]
+
+
+@contextlib.contextmanager
+def live_server(tmp_path: Path) -> Iterator[LiveServer]:
+    """SQLite file of its own; under the PostgreSQL run, a dedicated database of its own."""
+    if os.environ.get("DATABASE_URL"):
+        with (
+            pgtools.dedicated_database("telemetry_prom") as url,
+            LiveServer(tmp_path, DATABASE_URL=url, migrate_first=False) as server,
+        ):
+            yield server
+    else:
+        with LiveServer(tmp_path) as server:
+            yield server
+
+
+@contextlib.contextmanager
+def prometheus(tmp_path: Path, target_port: int) -> Iterator[str]:
+    binary = shutil.which("prometheus")
+    if binary is None:
+        pytest.skip(
+            "the prometheus server is not installed: apt-get install prometheus (Debian package), as .ci/run does"
+        )
+    port = free_port()
+    config = tmp_path / "prometheus.yml"
+    config.write_text(
+        "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\n"
+        "scrape_configs:\n  - job_name: telemetry\n    metrics_path: /metrics/prometheus\n"
+        f"    static_configs:\n      - targets: ['127.0.0.1:{target_port}']\n"
+    )
+    with open(tmp_path / "prometheus.log", "wb") as log:
+        proc = subprocess.Popen(
+            [
+                binary,
+                f"--config.file={config}",
+                f"--storage.tsdb.path={tmp_path / 'tsdb'}",
+                f"--web.listen-address=127.0.0.1:{port}",
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        try:
+            yield f"http://127.0.0.1:{port}"
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(5)
+
+
+def query_until(base: str, promql: str, timeout: float = 30.0) -> list[dict]:
+    """Poll Prometheus' query API until the expression has a result."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with contextlib.suppress(httpx.HTTPError):
+            answer = httpx.get(base + "/api/v1/query", params={"query": promql}, timeout=5).json()
+            if answer.get("status") == "success" and answer["data"]["result"]:
+                return answer["data"]["result"]
+        time.sleep(0.5)
+    raise AssertionError(f"Prometheus returned nothing for {promql} within {timeout} s")
+
+
+def test_a_real_prometheus_scrapes_the_ingested_values(tmp_path):
+    if shutil.which("prometheus") is None:
+        pytest.skip(
+            "the prometheus server is not installed: apt-get install prometheus (Debian package), as .ci/run does"
+        )
+    with live_server(tmp_path) as server:
+        now = datetime.now(UTC).isoformat()
+        points = [
+            {"timestamp": now, "service": "scraped", "metric_type": "latency", "value": 123.5},
+            {"timestamp": now, "service": "scraped", "metric_type": "cpu", "value": 97.0},
+        ]
+        assert httpx.post(server.url + "/metrics/ingest", json=points, timeout=20).status_code == 200
+        with prometheus(tmp_path, server.port) as base:
+            (latency,) = query_until(base, 'telemetry_value{service="scraped",metric_type="latency"}')
+            assert float(latency["value"][1]) == 123.5
+            assert latency["metric"]["job"] == "telemetry"
+            (p99,) = query_until(base, 'telemetry_window{service="scraped",metric_type="cpu",quantile="0.99"}')
+            assert float(p99["value"][1]) == 97.0
+            (critical,) = query_until(base, 'telemetry_alerts_firing{severity="critical"}')
+            assert float(critical["value"][1]) == 1
+            (ingested,) = query_until(base, "telemetry_points_ingested_total")
+            assert float(ingested["value"][1]) == 2
+            (up,) = query_until(base, 'up{job="telemetry"}')
+            assert float(up["value"][1]) == 1

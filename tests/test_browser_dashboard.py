@@ -1,0 +1,263 @@
+"""The dashboard in real headless Chromium (Debian's, driven by Playwright) against a real daphne.
+
+One server and one browser for the module; each test uses its own services
+so the tests do not depend on each other's data. Screenshots go to
+test-artifacts/ (gitignored).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from urllib.parse import urlparse, urlunparse
+
+import httpx
+import pytest
+
+from tests.live import ROOT, LiveServer
+
+pytestmark = [pytest.mark.live, pytest.mark.browser, pytest.mark.slow]
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--headless=new",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+ARTIFACTS = ROOT / "test-artifacts"
+SEED_SERVICES = ("api", "auth", "database")
+STAFF = ("oncall", "browser-test-pw")
+
+if not Path(CHROMIUM).exists() and not shutil.which("chromium"):
+    pytest.skip("Chromium is not installed (apt-get install chromium); browser tests need it", allow_module_level=True)
+sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (requirements-dev.txt)")
+if not (ROOT / "static" / "vendor" / "chart.umd.js").exists():
+    pytest.skip(
+        "front-end assets are not installed (make install: npm ci + scripts/vendor_assets.py)", allow_module_level=True
+    )
+
+
+def iso(dt: datetime) -> str:
+    return dt.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
+def point(service: str, metric_type: str, value: float, when: datetime | None = None) -> dict:
+    return {"service": service, "metric_type": metric_type, "value": value, "timestamp": iso(when or datetime.now(UTC))}
+
+
+def post(server: LiveServer, points: list[dict]) -> dict:
+    response = httpx.post(server.url + "/metrics/ingest", json=points, timeout=10)
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+def _postgres_database(name: str) -> str | None:
+    """In the PostgreSQL run, a dedicated database for this module's server (the pytest one is test_test)."""
+    url = os.environ.get("DATABASE_URL", "")
+    if not url.startswith("postgres"):
+        return None
+    import psycopg
+
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        conn.execute(f'CREATE DATABASE "{name}"')
+    return urlunparse(urlparse(url)._replace(path="/" + name))
+
+
+def _drop_postgres_database(name: str) -> None:
+    import psycopg
+
+    with psycopg.connect(os.environ["DATABASE_URL"], autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    overrides = {"TELEMETRY_SCHEDULER": "0", "REQUIRE_API_KEY": "0", "DASHBOARD_REQUIRE_LOGIN": "0"}
+    db_url = _postgres_database("telemetry_browser")
+    if db_url:
+        overrides["DATABASE_URL"] = db_url
+    live = LiveServer(tmp_path_factory.mktemp("browser"), **overrides)
+    live.start()
+    subprocess.run(
+        [
+            sys.executable,
+            "manage.py",
+            "createsuperuser",
+            "--noinput",
+            "--username",
+            STAFF[0],
+            "--email",
+            "oncall@example.com",
+        ],
+        cwd=ROOT,
+        env={**live.env, "DJANGO_SUPERUSER_PASSWORD": STAFF[1]},
+        check=True,
+        capture_output=True,
+    )
+    # Ten minutes of history for three services, all five types, and one firing alert.
+    now = datetime.now(UTC)
+    base = {"latency": 120.0, "error_rate": 0.01, "throughput": 400.0, "cpu": 40.0, "memory": 55.0}
+    history = [
+        point(service, metric, value * (1 + 0.1 * ((i * 7 + n) % 5 - 2) / 2), now - timedelta(seconds=600 - i * 10))
+        for i in range(60)
+        for n, service in enumerate(SEED_SERVICES)
+        for metric, value in base.items()
+    ]
+    post(live, history)
+    post(live, [point("database", "cpu", 97.0, now - timedelta(seconds=5))])
+    try:
+        yield live
+    finally:
+        live.stop()
+        if db_url:
+            _drop_postgres_database("telemetry_browser")
+
+
+@pytest.fixture(scope="module")
+def browser():
+    with sync_api.sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield chromium
+        chromium.close()
+
+
+@pytest.fixture
+def page(browser, server):
+    context = browser.new_context(viewport={"width": 1440, "height": 1000}, base_url=server.url)
+    page = context.new_page()
+    page.console_errors = []
+    page.on("console", lambda m: page.console_errors.append(m.text) if m.type == "error" else None)
+    page.on("pageerror", lambda e: page.console_errors.append(str(e)))
+    page.on("response", lambda r: page.console_errors.append(f"{r.status} {r.url}") if r.status >= 400 else None)
+    yield page
+    context.close()
+
+
+def open_live(page, path: str = "/") -> None:
+    page.goto(path)
+    page.wait_for_selector('#connection[data-state="live"]', timeout=15_000)
+    # Every chart has drawn its first answer from the data endpoint.
+    page.wait_for_function(
+        "() => Telemetry.charts.size > 0 && [...Telemetry.charts.values()].every("
+        "s => document.getElementById(s.canvas.getAttribute('aria-describedby')).textContent.indexOf('Loading') < 0)",
+        timeout=15_000,
+    )
+
+
+def chart_json(page, chart_id: str, expression: str):
+    return page.evaluate(f"() => {{ const c = Telemetry.chart({chart_id!r}); return {expression}; }}")
+
+
+def test_the_overview_loads_with_all_six_components_showing_data_and_no_console_errors(page):
+    open_live(page)
+    assert page.locator("#cards .card").count() == 5
+    assert "critical" in page.locator("#cards article[data-metric=cpu]").text_content()
+    assert chart_json(page, "chart-latency", "c.data.datasets.map(d => d.key)") == ["p50", "p95", "p99"]
+    assert chart_json(page, "chart-latency", "c.data.datasets[0].data.length") >= 20
+    stacked = chart_json(page, "chart-throughput", "c.data.datasets.map(d => d.key)")
+    assert set(SEED_SERVICES) <= set(stacked)
+    assert set(SEED_SERVICES) <= set(chart_json(page, "chart-error-rate", "c.data.labels"))
+    assert chart_json(page, "chart-error-rate", "c.options.plugins.thresholdLines.thresholds.warning") == 0.05
+    assert page.locator("#matrix tbody tr").count() >= 3
+    assert page.locator("#matrix td.status-critical").count() >= 1  # database cpu
+    assert "database cpu 97%" in page.locator("#alerts").text_content()
+    # The numbers are reachable as text, and the charts have accessible names.
+    assert "P95" in page.locator("#chart-latency-text").text_content()
+    assert "response time" in page.get_attribute("#chart-latency", "aria-label").lower()
+    assert chart_json(page, "chart-latency", "c.options.animation") is False
+    assert chart_json(page, "chart-latency", "c.options.parsing") is False
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "dashboard-overview.png"), full_page=True)
+    assert page.console_errors == []
+
+
+def test_a_point_posted_over_http_appears_in_the_chart_within_2_seconds(page, server):
+    open_live(page)
+    post(server, [point("probe", "throughput", 777.0)])
+    page.wait_for_function(
+        "() => Telemetry.chart('chart-throughput').data.datasets.some("
+        "d => d.key === 'probe' && d.data.some(p => p.y === 777))",
+        timeout=2_000,
+    )
+    page.wait_for_function("() => document.getElementById('chart-throughput-text').textContent.includes('probe')")
+    assert page.console_errors == []
+
+
+def test_an_alert_opening_point_appears_in_the_alert_panel_within_2_seconds(page, server):
+    open_live(page)
+    answer = post(server, [point("checkout", "latency", 2500.0)])
+    assert answer["alert"]["severity"] == "critical"
+    page.wait_for_function(
+        "() => document.getElementById('alerts').textContent.includes('checkout latency 2500 ms')", timeout=2_000
+    )
+    # The opening is marked on the latency chart.
+    marks = chart_json(page, "chart-latency", "c.options.plugins.alertMarks.marks.map(m => m.service)")
+    assert "checkout" in marks
+    assert page.console_errors == []
+
+
+def test_switching_the_time_range_re_renders_and_updates_the_url(page):
+    open_live(page)
+    page.click("label.seg:has(input[value='6h'])")
+    page.wait_for_url("**/?range=6h*", timeout=10_000)
+    page.wait_for_function("() => Telemetry.charts.get('chart-latency').rangeMs === 6 * 3600 * 1000", timeout=10_000)
+    assert "range=6h" in page.get_attribute("#chart-latency", "data-url")
+    assert page.get_attribute("#overview-body", "data-range") == "6h"
+    assert "avg 6h" in page.locator("#cards").text_content()
+    page.wait_for_function("() => Telemetry.chart('chart-latency').data.datasets.length === 3", timeout=10_000)
+    # Reloading the shared URL shows the same view.
+    page.reload()
+    assert page.locator("input[name=range][value='6h']").is_checked()
+    assert page.console_errors == []
+
+
+def test_a_staff_user_acknowledges_an_alert_from_the_panel(page, server):
+    post(server, [point("billing", "memory", 99.0)])
+    page.goto("/admin/login/?next=/")
+    page.fill("#id_username", STAFF[0])
+    page.fill("#id_password", STAFF[1])
+    page.click("input[type=submit]")
+    page.wait_for_url(lambda url: "/admin/login" not in url)
+    page.console_errors.clear()  # the admin login page has no favicon link: Chromium's /favicon.ico 404
+    open_live(page)
+    item = page.locator("#alerts li.alert", has_text="billing memory")
+    item.get_by_role("button", name="Acknowledge").click()
+    page.wait_for_function(
+        "() => [...document.querySelectorAll('#alerts li.alert')].some("
+        "li => li.textContent.includes('billing memory') && li.textContent.includes('acknowledged by oncall'))",
+        timeout=10_000,
+    )
+    alerts = httpx.get(server.url + "/metrics/alerts?service=billing", timeout=5).json()["alerts"]
+    assert alerts[0]["acknowledged"] is True and alerts[0]["acknowledged_by"] == "oncall"
+    assert page.locator('a[href="/admin/"]').count() == 1
+    assert page.console_errors == []
+
+
+def test_the_page_says_so_when_the_server_goes_away(browser, tmp_path):
+    overrides = {"TELEMETRY_SCHEDULER": "0"}
+    if os.environ.get("DATABASE_URL", "").startswith("postgres"):
+        pytest.skip("covered in the SQLite run; needs a server of its own")
+    live = LiveServer(tmp_path, **overrides).start()
+    context = browser.new_context(base_url=live.url)
+    page = context.new_page()
+    try:
+        page.goto("/")
+        page.wait_for_selector('#connection[data-state="live"]', timeout=15_000)
+        live.stop()
+        started = time.monotonic()
+        page.wait_for_selector("#unreachable:not([hidden])", timeout=20_000)
+        assert page.get_attribute("#connection", "data-state") in ("offline", "reconnecting")
+        assert time.monotonic() - started < 20
+    finally:
+        context.close()
+        live.stop()

@@ -1,0 +1,133 @@
+"""Settings helpers fail loudly on malformed environment values."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+from django.core.exceptions import ImproperlyConfigured
+
+from telemetry_project import settings as project_settings
+from telemetry_project.settings import envbool, envchoice, envfloat, envint, envlist, threshold_overrides
+from tests.live import ROOT
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        ("1", True),
+        ("true", True),
+        ("YES", True),
+        (" on ", True),
+        ("0", False),
+        ("false", False),
+        ("no", False),
+        ("off", False),
+        ("", False),
+    ],
+)
+def test_envbool_reads_the_usual_spellings(monkeypatch, raw, expected):
+    monkeypatch.setenv("X_FLAG", raw)
+    assert envbool("X_FLAG", not expected) is expected
+
+
+@pytest.mark.parametrize("raw", ["maybe", "2", "yes please", "tru"])
+def test_envbool_fails_loudly_on_anything_else(monkeypatch, raw):
+    monkeypatch.setenv("X_FLAG", raw)
+    with pytest.raises(ImproperlyConfigured, match="X_FLAG"):
+        envbool("X_FLAG", False)
+
+
+def test_env_helpers_use_the_default_when_unset(monkeypatch):
+    monkeypatch.delenv("X_UNSET", raising=False)
+    assert envbool("X_UNSET", True) is True
+    assert envint("X_UNSET", 7) == 7
+    assert envfloat("X_UNSET", 1.5) == 1.5
+    assert envlist("X_UNSET", ["a"]) == ["a"]
+
+
+def test_envint_parses_and_checks_the_minimum(monkeypatch):
+    monkeypatch.setenv("X_INT", "42")
+    assert envint("X_INT", 1) == 42
+    monkeypatch.setenv("X_INT", "0")
+    with pytest.raises(ImproperlyConfigured, match=">= 1"):
+        envint("X_INT", 5, minimum=1)
+
+
+@pytest.mark.parametrize("raw", ["abc", "1.5", "10k", "0x10"])
+def test_envint_fails_loudly_on_non_integers(monkeypatch, raw):
+    monkeypatch.setenv("X_INT", raw)
+    with pytest.raises(ImproperlyConfigured, match="X_INT"):
+        envint("X_INT", 1)
+
+
+@pytest.mark.parametrize("raw", ["abc", "nan", "inf"])
+def test_envfloat_fails_loudly_on_non_finite_or_garbage(monkeypatch, raw):
+    monkeypatch.setenv("X_FLOAT", raw)
+    with pytest.raises(ImproperlyConfigured, match="X_FLOAT"):
+        envfloat("X_FLOAT", 1.0)
+
+
+def test_envchoice_accepts_known_values_only(monkeypatch):
+    monkeypatch.setenv("X_CHOICE", "normal")
+    assert envchoice("X_CHOICE", "FULL", {"NORMAL", "FULL"}) == "NORMAL"
+    monkeypatch.setenv("X_CHOICE", "fast")
+    with pytest.raises(ImproperlyConfigured):
+        envchoice("X_CHOICE", "FULL", {"NORMAL", "FULL"})
+
+
+def test_envlist_splits_on_commas_and_drops_blanks(monkeypatch):
+    monkeypatch.setenv("X_LIST", " a.example , ,b.example,")
+    assert envlist("X_LIST", []) == ["a.example", "b.example"]
+
+
+def test_threshold_overrides_read_known_names():
+    environ = {"THRESHOLD_LATENCY_WARNING": "300", "THRESHOLD_ERROR_RATE_CRITICAL": "0.2", "OTHER": "x"}
+    assert threshold_overrides(environ) == {"latency_warning": 300.0, "error_rate_critical": 0.2}
+
+
+@pytest.mark.parametrize(
+    "environ",
+    [
+        {"THRESHOLD_LATENCY_WARNIGN": "300"},
+        {"THRESHOLD_DISK_WARNING": "1"},
+        {"THRESHOLD_LATENCY_WARNING": "fast"},
+        {"THRESHOLD_LATENCY_WARNING": ""},
+        {"THRESHOLD_CPU_CRITICAL": "nan"},
+    ],
+)
+def test_threshold_overrides_fail_loudly_on_typos_and_bad_numbers(environ):
+    with pytest.raises(ImproperlyConfigured, match="THRESHOLD_"):
+        threshold_overrides(environ)
+
+
+def test_sqlite_is_opened_in_wal_with_immediate_transactions():
+    options = project_settings._sqlite_database("/tmp/x.sqlite3")["OPTIONS"]
+    assert options["transaction_mode"] == "IMMEDIATE"
+    assert "journal_mode=WAL" in options["init_command"]
+    assert "synchronous=NORMAL" in options["init_command"]
+    assert options["timeout"] >= 5
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"DEBUG": "perhaps"}, "DEBUG"),
+        ({"RAW_RETENTION_HOURS": "a day"}, "RAW_RETENTION_HOURS"),
+        ({"DEBUG": "0", "SECRET_KEY": ""}, "SECRET_KEY"),
+        ({"THRESHOLD_LATENCY_WARNIGN": "3"}, "THRESHOLD_LATENCY_WARNIGN"),
+    ],
+    ids=["bad-bool", "bad-int", "no-secret-key", "threshold-typo"],
+)
+def test_the_process_refuses_to_start_with_a_bad_value(tmp_path, env, message):
+    full = {k: v for k, v in os.environ.items() if k != "DJANGO_SETTINGS_MODULE"}
+    full.update({"DEBUG": "1", "TELEMETRY_DATA_DIR": str(tmp_path), "DATABASE_URL": ""})
+    full.pop("TELEMETRY_ALLOW_INSECURE_KEY", None)
+    full.update(env)
+    result = subprocess.run(
+        [sys.executable, "manage.py", "check"], cwd=ROOT, env=full, capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode != 0
+    assert "ImproperlyConfigured" in result.stderr and message in result.stderr

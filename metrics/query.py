@@ -52,7 +52,9 @@ def parse_query(params: dict[str, Any], now: datetime | None = None) -> QuerySpe
     known = {"start_time", "end_time", "services", "metric_types", "aggregation", "limit", "exact"}
     for key in params:
         if key not in known:
-            errors.append(error_item(None, str(key)[:64], f"unknown field; expected one of {', '.join(sorted(known))}"))
+            # An empty key still gets a field name clients can show.
+            field_name = str(key)[:64] or "(empty key)"
+            errors.append(error_item(None, field_name, f"unknown field; expected one of {', '.join(sorted(known))}"))
 
     def ts(name: str, default: datetime) -> datetime:
         raw = params.get(name)

@@ -199,6 +199,15 @@ SCHEMAS: dict[str, Any] = {
             "timestamp": TIMESTAMP,
             "services_count": {"type": "integer", "minimum": 0},
             "checks": {"type": "object", "additionalProperties": STRING, "required": ["database", "channel_layer"]},
+            "streaming": obj(
+                {
+                    "connections": {"type": "integer", "minimum": 0},
+                    "group_members": nullable({"type": "integer", "minimum": 0}),
+                    "publish_backlog": {"type": "integer", "minimum": 0},
+                },
+                required=[],
+                extra=True,
+            ),
             "version": STRING,
         },
     ),

@@ -25,7 +25,16 @@ class ServiceAdmin(admin.ModelAdmin):
 
 @admin.register(Alert)
 class AlertAdmin(admin.ModelAdmin):
-    list_display = ("started_at", "service", "metric_type", "severity", "state", "value", "latest_value", "acknowledged_by")
+    list_display = (
+        "started_at",
+        "service",
+        "metric_type",
+        "severity",
+        "state",
+        "value",
+        "latest_value",
+        "acknowledged_by",
+    )
     list_filter = ("state", "severity", "service", "metric_type")
     date_hierarchy = "started_at"
     actions = ["acknowledge", "resolve"]

@@ -77,7 +77,11 @@ def parse_query(params: dict[str, Any], now: datetime | None = None) -> QuerySpe
     if metric_types:
         bad = [m for m in metric_types if m not in METRIC_TYPES]
         if bad:
-            errors.append(error_item(None, "metric_types", f"unknown metric type {bad[0][:32]!r}; expected {', '.join(METRIC_TYPES)}"))
+            errors.append(
+                error_item(
+                    None, "metric_types", f"unknown metric type {bad[0][:32]!r}; expected {', '.join(METRIC_TYPES)}"
+                )
+            )
     aggregation = params.get("aggregation") or "raw"
     if aggregation not in AGGREGATIONS:
         errors.append(error_item(None, "aggregation", f"must be one of {', '.join(AGGREGATIONS)}"))
@@ -100,12 +104,22 @@ def parse_query(params: dict[str, Any], now: datetime | None = None) -> QuerySpe
         if end <= start:
             errors.append(error_item(None, "end_time", "must be after start_time"))
         elif end - start > retention:
-            errors.append(error_item(None, "start_time", f"the range may span at most {conf['ROLLUP_RETENTION_DAYS']} days"))
+            errors.append(
+                error_item(None, "start_time", f"the range may span at most {conf['ROLLUP_RETENTION_DAYS']} days")
+            )
         elif start < now - retention - timedelta(minutes=1):
-            errors.append(error_item(None, "start_time", f"older than the rollup retention ({conf['ROLLUP_RETENTION_DAYS']} days)"))
+            errors.append(
+                error_item(
+                    None, "start_time", f"older than the rollup retention ({conf['ROLLUP_RETENTION_DAYS']} days)"
+                )
+            )
         elif aggregation == "raw" and start < now - timedelta(hours=conf["RAW_RETENTION_HOURS"]):
             errors.append(
-                error_item(None, "start_time", f"raw points are kept {conf['RAW_RETENTION_HOURS']} h; use a bucketed aggregation")
+                error_item(
+                    None,
+                    "start_time",
+                    f"raw points are kept {conf['RAW_RETENTION_HOURS']} h; use a bucketed aggregation",
+                )
             )
     if errors:
         raise ValidationErrors("Invalid query", errors)

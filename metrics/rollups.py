@@ -17,7 +17,7 @@ import numpy as np
 from django.db import connection, transaction
 
 from . import sketch
-from .models import Rollup, RollupState
+from .models import RollupState
 
 log = logging.getLogger(__name__)
 MINUTE = 60
@@ -307,7 +307,9 @@ def recompute(series_minutes: Iterable[tuple[str, str, datetime]]) -> int:
     keep = np.array(
         [
             (s, m, from_epoch(int(t))) in wanted
-            for s, m, t in zip(summaries.service.tolist(), summaries.metric_type.tolist(), summaries.minute.tolist(), strict=True)
+            for s, m, t in zip(
+                summaries.service.tolist(), summaries.metric_type.tolist(), summaries.minute.tolist(), strict=True
+            )
         ],
         dtype=bool,
     )

@@ -34,7 +34,9 @@ def main() -> int:
     env.setdefault("DEBUG", "1")
     url = f"http://127.0.0.1:{port}"
     server = subprocess.Popen(
-        [sys.executable, "-m", "daphne", "-b", host, "-p", port, "telemetry_project.asgi:application"], cwd=ROOT, env=env
+        [sys.executable, "-m", "daphne", "-b", host, "-p", port, "telemetry_project.asgi:application"],
+        cwd=ROOT,
+        env=env,
     )
     children = [server]
     stopping = False
@@ -49,9 +51,7 @@ def main() -> int:
         print(f"Telemetry on http://localhost:{port}/ (Ctrl-C stops the server and the generator)", flush=True)
         if env.get("DEMO", "1") != "0":
             children.append(
-                subprocess.Popen(
-                    [sys.executable, "manage.py", "generate_metrics", "--url", url], cwd=ROOT, env=env
-                )
+                subprocess.Popen([sys.executable, "manage.py", "generate_metrics", "--url", url], cwd=ROOT, env=env)
             )
     while not stopping and all(c.poll() is None for c in children):
         time.sleep(0.2)

@@ -41,7 +41,7 @@ class Scheduler:
 
     def tick(self, now_monotonic: float | None = None) -> None:
         """One scheduling pass: run whatever is due."""
-        from . import rollups, retention
+        from . import retention, rollups
 
         conf = settings.TELEMETRY
         now = time.monotonic() if now_monotonic is None else now_monotonic

@@ -13,6 +13,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from django.conf import settings
+from django.db import connection
 from django.db.models import Count, Sum
 
 from metrics import rollups
@@ -68,15 +69,26 @@ def window_totals(start: datetime, end: datetime, services: list[str] | None) ->
 
 
 def latest_values(now: datetime, services: list[str] | None) -> dict[SeriesKey, float]:
-    """The newest value of each series seen in the recent window (SERVICE_WINDOW_SECONDS)."""
+    """The newest value of each series seen in the recent window (SERVICE_WINDOW_SECONDS).
+
+    One index seek per (service, metric_type) on point_series_ts_idx, so the
+    cost follows the number of series, not the ingest rate.
+    """
     start = now - timedelta(seconds=settings.TELEMETRY["SERVICE_WINDOW_SECONDS"])
-    service, metric_type, when, value = rollups.fetch_raw(start, now + timedelta(seconds=1), services, None)
-    latest: dict[SeriesKey, tuple[float, float]] = {}
-    for s, m, t, v in zip(service.tolist(), metric_type.tolist(), when.tolist(), value.tolist(), strict=True):
-        seen = latest.get((s, m))
-        if seen is None or t >= seen[0]:
-            latest[(s, m)] = (t, v)
-    return {key: v for key, (_, v) in latest.items()}
+    types = " UNION ALL ".join("SELECT %s AS mt" for _ in METRIC_TYPES)
+    where = ""
+    params: list[Any] = [rollups.db_ts(start), rollups.db_ts(now + timedelta(seconds=1)), *METRIC_TYPES]
+    if services:
+        where = f"WHERE s.name IN ({', '.join(['%s'] * len(services))})"
+        params.extend(services)
+    sql = (
+        "SELECT s.name, m.mt, (SELECT p.value FROM metrics_point p WHERE p.service = s.name AND p.metric_type = m.mt"
+        " AND p.timestamp >= %s AND p.timestamp < %s ORDER BY p.timestamp DESC LIMIT 1)"
+        f" FROM metrics_service s CROSS JOIN ({types}) m {where}"
+    )
+    with connection.cursor() as cur:
+        cur.execute(sql, params)
+        return {(service, metric_type): value for service, metric_type, value in cur.fetchall() if value is not None}
 
 
 def firing_severity(services: list[str] | None) -> dict[SeriesKey, str]:
@@ -150,10 +162,23 @@ def _averages(totals: dict[SeriesKey, tuple[float, int]]) -> dict[str, dict[str,
     return out
 
 
-def cards(selection: Selection) -> list[Card]:
+@dataclass
+class Snapshot:
+    """The latest value and firing severity of each series: shared by the cards and the matrix."""
+
+    current: dict[SeriesKey, float]
+    firing: dict[SeriesKey, str]
+
+    @classmethod
+    def take(cls, selection: Selection) -> Snapshot:
+        services = selection.service_list
+        return cls(latest_values(selection.now, services), firing_severity(services))
+
+
+def cards(selection: Selection, snapshot: Snapshot | None = None) -> list[Card]:
     services = selection.service_list
-    current = latest_values(selection.now, services)
-    firing = firing_severity(services)
+    snapshot = snapshot or Snapshot.take(selection)
+    current, firing = snapshot.current, snapshot.firing
     totals = window_totals(selection.start, selection.end, services)
     previous_totals = window_totals(selection.previous_start, selection.start, services)
     averages, previous_averages = _averages(totals), _averages(previous_totals)
@@ -197,10 +222,9 @@ class MatrixRow:
     cells: list[Cell] = field(default_factory=list)
 
 
-def matrix(selection: Selection) -> list[MatrixRow]:
-    services = selection.service_list
-    current = latest_values(selection.now, services)
-    firing = firing_severity(services)
+def matrix(selection: Selection, snapshot: Snapshot | None = None) -> list[MatrixRow]:
+    snapshot = snapshot or Snapshot.take(selection)
+    current, firing = snapshot.current, snapshot.firing
     rows = []
     for service in service_names(selection):
         row = MatrixRow(service)

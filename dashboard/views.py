@@ -55,7 +55,12 @@ def _alerts(selection: sel.Selection) -> Context:
 
 
 def _everything(selection: sel.Selection) -> Context:
-    return {**_cards(selection), **_matrix(selection), **_alerts(selection)}
+    snapshot = status.Snapshot.take(selection)
+    return {
+        "cards": status.cards(selection, snapshot),
+        "matrix": status.matrix(selection, snapshot),
+        **_alerts(selection),
+    }
 
 
 # HX-Target (element id) -> (template, context builder). The page renders them all.

@@ -66,9 +66,18 @@ class LiveServer:
     def start(self, timeout: float = 30.0) -> LiveServer:
         if self.migrate_first:
             migrate(self.env)
-        self._log = open(self.log_path, "ab")
+        self._log = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(self.port), "telemetry_project.asgi:application"],
+            [
+                sys.executable,
+                "-m",
+                "daphne",
+                "-b",
+                "127.0.0.1",
+                "-p",
+                str(self.port),
+                "telemetry_project.asgi:application",
+            ],
             cwd=ROOT,
             env=self.env,
             stdout=self._log,

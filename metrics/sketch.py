@@ -98,11 +98,18 @@ def grouped_quantiles(
     out = np.full((n_groups, len(quantiles)), np.nan)
     if not len(blobs):
         return out
-    lengths = np.fromiter((len(b) // RECORD.itemsize for b in blobs), dtype=np.int64, count=len(blobs))
-    rec = np.frombuffer(b"".join(bytes(b) for b in blobs), dtype=RECORD)
+    # bytes.join takes memoryviews as they are: no per-blob copy.
+    lengths = np.fromiter(map(len, blobs), dtype=np.int64, count=len(blobs)) // RECORD.itemsize
+    rec = np.frombuffer(b"".join(blobs), dtype=RECORD)
     if not len(rec):
         return out
     group_of = np.repeat(np.asarray(groups, dtype=np.int64), lengths)
+    dense = _dense_quantiles(rec, group_of, n_groups, quantiles)
+    if dense is not None:
+        out = dense
+        if mins is not None and maxs is not None:
+            out = np.clip(out, np.asarray(mins)[:, None], np.asarray(maxs)[:, None])
+        return out
     idx = rec["i"].astype(np.int64)
     # Sort records by (group, bucket index) and sum duplicates.
     key = group_of * 65536 + (idx + 32768)
@@ -117,6 +124,7 @@ def grouped_quantiles(
     base = np.where(first > 0, cum[first - 1], 0.0)
     totals = cum[last] - base
     reps = representative(key_index)
+
     def value_at(rank: np.ndarray) -> np.ndarray:
         pos = np.searchsorted(cum, base + rank, side="right")
         return reps[np.minimum(np.maximum(pos, first), last)]
@@ -132,6 +140,51 @@ def grouped_quantiles(
         out[present, qi] = value_at(lo) * (1 - frac) + value_at(hi) * frac
     if mins is not None and maxs is not None:
         out = np.clip(out, np.asarray(mins)[:, None], np.asarray(maxs)[:, None])
+    return out
+
+
+DENSE_MAX_CELLS = 4_000_000
+
+
+def _dense_quantiles(
+    rec: np.ndarray, group_of: np.ndarray, n_groups: int, quantiles: Sequence[float]
+) -> np.ndarray | None:
+    """The same answer as the sort-based merge, by counting into a (group, bucket) grid.
+
+    Real series touch a few hundred distinct buckets, so the grid is small and
+    one bincount replaces sorting every record (7 days x 5 series is ~2 M
+    records): O(records + groups x buckets) instead of O(records log records).
+    Returns None when the grid would be too large (values spanning many decades).
+    """
+    offset = rec["i"].astype(np.intp) + 32768
+    seen = np.bincount(offset, minlength=65536) > 0
+    n_buckets = int(seen.sum())
+    if n_groups * n_buckets > DENSE_MAX_CELLS:
+        return None
+    position = np.cumsum(seen) - 1
+    cells = np.bincount(
+        group_of * n_buckets + position[offset], weights=rec["c"].astype(np.float64), minlength=n_groups * n_buckets
+    ).reshape(n_groups, n_buckets)
+    cum = np.cumsum(cells, axis=1)
+    totals = cum[:, -1]
+    reps = representative(np.flatnonzero(seen) - 32768)
+    out = np.full((n_groups, len(quantiles)), np.nan)
+    present = totals > 0
+    if not present.any():
+        return out
+    cum, totals = cum[present], totals[present]
+
+    def value_at(rank: np.ndarray) -> np.ndarray:
+        # First bucket whose cumulative count exceeds the 0-based rank.
+        pos = (cum <= rank[:, None]).sum(axis=1)
+        return reps[np.minimum(pos, n_buckets - 1)]
+
+    for qi, q in enumerate(quantiles):
+        rank = q * (totals - 1)
+        lo = np.floor(rank)
+        frac = rank - lo
+        hi = np.minimum(lo + 1, totals - 1)
+        out[present, qi] = value_at(lo) * (1 - frac) + value_at(hi) * frac
     return out
 
 

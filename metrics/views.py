@@ -151,9 +151,15 @@ def _query_params(request: HttpRequest) -> tuple[dict[str, Any] | None, HttpResp
 
 
 @csrf_exempt
-@api_access
 @require_methods("GET", "POST")
-def query_view(request: HttpRequest) -> HttpResponse:
+async def query_view(request: HttpRequest) -> HttpResponse:
+    # Pooled thread: a persistent connection keeps its page cache warm across
+    # queries (SQLite's cache is per connection), and no connect per request.
+    return await _on_pooled_thread(_query_sync)(request)
+
+
+@api_access
+def _query_sync(request: HttpRequest) -> HttpResponse:
     params, problem = _query_params(request)
     if problem:
         return problem

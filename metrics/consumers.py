@@ -27,7 +27,11 @@ class MetricsConsumer(AsyncWebsocketConsumer):
         if self.watch is not None:
             self.watch.limit_incoming(self.max_message_bytes)
         self.conn = fanout.Connection(
-            self.send, conf["WS_FLUSH_INTERVAL_MS"] / 1000, conf["WS_QUEUE_POINTS"], self.watch
+            self.send,
+            conf["WS_FLUSH_INTERVAL_MS"] / 1000,
+            conf["WS_QUEUE_POINTS"],
+            self.watch,
+            on_error=lambda: self.close(code=fanout.CLOSE_SERVER_ERROR),
         )
         # Join before reading the snapshot so no point falls between the two
         # (a point may then arrive in both).

@@ -40,6 +40,7 @@ MESSAGE_TYPE = "metrics.batch"
 CLOSE_TOO_BIG = 4009  # a message over WS_MAX_MESSAGE_BYTES reached the consumer (not daphne)
 CLOSE_RATE_LIMIT = 4029  # client messages over WS_MAX_MESSAGES_PER_SECOND
 CLOSE_TOO_SLOW = 4008  # the client stopped reading for WS_STALL_TIMEOUT_SECONDS
+CLOSE_SERVER_ERROR = 4011  # the sender failed (logged): the client should reconnect
 
 
 def daphne_protocol(send: Callable) -> Any | None:
@@ -98,9 +99,13 @@ class TransportWatch:
         return watch
 
     def limit_incoming(self, max_bytes: int) -> None:
-        """Make autobahn refuse larger frames and messages with close code 1009, before buffering them."""
+        """Make autobahn refuse larger frames with close code 1009 as soon as their header arrives.
+
+        Only the frame limit: autobahn applies maxMessagePayloadSize to outgoing
+        messages too, and batch frames may be larger. A message fragmented into
+        many small frames is caught by the consumer's own length check.
+        """
         self.protocol.maxFramePayloadSize = max_bytes
-        self.protocol.maxMessagePayloadSize = max_bytes
         # Fail with a closing handshake (so the client sees the code), not a bare TCP drop.
         self.protocol.failByDrop = False
 
@@ -153,7 +158,9 @@ class Connection:
         flush_interval: float,
         max_points: int,
         watch: TransportWatch | None = None,
+        on_error: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
+        self._on_error = on_error
         self.outbox = Outbox(max_points=max_points)
         self.throttle = Throttle(flush_interval)
         self.watch = watch
@@ -190,6 +197,17 @@ class Connection:
             self.watch.detach()
 
     async def _run(self) -> None:
+        try:
+            await self._flush_forever()
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("WebSocket sender failed; closing the connection")
+            stats.inc("ws_sender_errors")
+            if self._on_error is not None:
+                await self._on_error()
+
+    async def _flush_forever(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
             await self._wake.wait()

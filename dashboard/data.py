@@ -154,7 +154,7 @@ def pooled_percentiles(spec: query.QuerySpec, now: datetime) -> dict[str, Any]:
 
 
 def by_service(spec: query.QuerySpec, now: datetime) -> dict[str, Any]:
-    answer = query.run(spec, now=now)
+    answer: dict[str, Any] = query.run(spec, now=now)
     series: dict[str, list[dict[str, Any]]] = {}
     for row in answer["data"]:
         ts = datetime.fromisoformat(row["timestamp"].replace("Z", "+00:00"))

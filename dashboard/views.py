@@ -123,7 +123,7 @@ def service_detail(request: HttpRequest, name: str) -> HttpResponse:
 
 def _publish(alert: Alert) -> None:
     """Tell every open dashboard (alert frame) so their panels refresh too."""
-    async_to_sync(broadcast.publish)([], [alert.to_dict()])
+    async_to_sync(broadcast.publish)([], [dict(alert.to_dict())])
 
 
 def _page_path(request: HttpRequest) -> str:

@@ -159,10 +159,10 @@ def by_service(spec: query.QuerySpec, now: datetime) -> dict[str, Any]:
     for row in answer["data"]:
         ts = datetime.fromisoformat(row["timestamp"].replace("Z", "+00:00"))
         series.setdefault(row["service"], []).append({"x": epoch_ms(ts), "y": row["avg"], "c": row["count"]})
-    datasets = [
-        {"key": service, "label": service, "data": sorted(points, key=lambda p: p["x"])}
-        for service, points in sorted(series.items())
-    ]
+    datasets: list[dict[str, Any]] = []
+    for service, points in sorted(series.items()):
+        points.sort(key=lambda p: p["x"])
+        datasets.append({"key": service, "label": service, "data": points})
     return {"source": answer["source"], "bucket_seconds": answer["bucket_seconds"], "datasets": datasets}
 
 

@@ -14,3 +14,9 @@ os.environ.setdefault("DB_THREAD_POOL", "0")
 from telemetry_project.settings import *  # noqa: E402,F403
 
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+
+# PostgreSQL run: a test database of this run's own, so concurrent runs on one
+# server (several developers, or the suite beside a benchmark) never collide
+# on pytest-django's default "test_<name>" when it is created or dropped.
+if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":  # noqa: F405
+    DATABASES["default"].setdefault("TEST", {})["NAME"] = f"test_telemetry_{os.getpid()}"  # noqa: F405

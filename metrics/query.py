@@ -10,9 +10,11 @@ from typing import Any
 
 import numpy as np
 from django.conf import settings
+from django.db import connection
+from orjson import Fragment
 
 from . import rollups, sketch
-from .models import METRIC_TYPES, Alert, Point, Service, iso
+from .models import METRIC_TYPES, Alert, Service, iso
 from .validation import SERVICE_RE, ValidationErrors, error_item, parse_timestamp
 
 AGGREGATIONS = ("raw", "1m", "5m", "1h", "auto")
@@ -161,14 +163,57 @@ def run(spec: QuerySpec, now: datetime | None = None) -> dict[str, Any]:
     }
 
 
+def _tags(stored: Any) -> Any:
+    # Django reads jsonb as text on PostgreSQL too: embed it, do not decode it.
+    if isinstance(stored, str):
+        return Fragment(stored or "{}")
+    return stored or {}
+
+
 def raw_points(spec: QuerySpec) -> dict[str, Any]:
-    qs = Point.objects.series(spec.services, spec.metric_types).window(spec.start, spec.end).order_by("timestamp", "id")
-    rows = list(qs.values_list("timestamp", "service", "metric_type", "value", "tags")[: spec.limit + 1])
+    """Raw points, oldest first, in one SQL read with no per-row model or JSON work.
+
+    The ORM spent ~30 us a row parsing timestamps and decoding tags only to
+    encode them again; here SQLite's stored text becomes the wire spelling by
+    slicing, and stored tags JSON is embedded as it is (orjson.Fragment).
+    """
+    where = ["timestamp >= %s", "timestamp < %s"]
+    params: list[Any] = [rollups.db_ts(spec.start), rollups.db_ts(spec.end)]
+    if spec.services:
+        where.append(f"service IN ({','.join(['%s'] * len(spec.services))})")
+        params.extend(spec.services)
+    if spec.metric_types:
+        where.append(f"metric_type IN ({','.join(['%s'] * len(spec.metric_types))})")
+        params.extend(spec.metric_types)
+    sqlite = connection.vendor == "sqlite"
+    # CAST: an expression has no declared type, so the driver's datetime converter is skipped.
+    ts_column = "CAST(timestamp AS TEXT)" if sqlite else "timestamp"
+    sql = (
+        f"SELECT {ts_column}, service, metric_type, value, tags FROM metrics_point "
+        f"WHERE {' AND '.join(where)} ORDER BY timestamp, id LIMIT {int(spec.limit) + 1}"
+    )
+    with connection.cursor() as cur:
+        cur.execute(sql, params)
+        rows = cur.fetchall()
     truncated = len(rows) > spec.limit
-    data = [
-        {"timestamp": iso(t), "service": s, "metric_type": m, "value": v, "tags": tags or {}}
-        for t, s, m, v, tags in rows[: spec.limit]
-    ]
+    rows = rows[: spec.limit]
+    if sqlite:
+        # Stored as naive UTC "YYYY-MM-DD HH:MM:SS[.ffffff]": iso() of it is the same text with T and Z.
+        data = [
+            {
+                "timestamp": f"{t[:10]}T{t[11:]}Z",
+                "service": s,
+                "metric_type": m,
+                "value": v,
+                "tags": Fragment(tags or "{}"),
+            }
+            for t, s, m, v, tags in rows
+        ]
+    else:
+        data = [
+            {"timestamp": iso(t), "service": s, "metric_type": m, "value": v, "tags": _tags(tags)}
+            for t, s, m, v, tags in rows
+        ]
     return {"data": data, "source": "raw", "aggregation": "raw", "truncated": truncated}
 
 

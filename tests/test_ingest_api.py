@@ -9,8 +9,10 @@ from __future__ import annotations
 import json
 from datetime import UTC, datetime
 
+import hypothesis
 import pytest
 import time_machine
+from hypothesis import strategies as st
 
 from metrics.models import Alert, Point, Service
 
@@ -281,3 +283,29 @@ def test_it_never_answers_500_for_garbage(client):
         response = post(client, payload)
         assert response.status_code == 400, (payload, response.content)
     assert Point.objects.count() == 0
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),
+    lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=12), children, max_size=4),
+    max_leaves=12,
+)
+point_like = st.fixed_dictionaries(
+    {},
+    optional={
+        "service": st.one_of(st.sampled_from(["api", "", "bad name"]), json_values),
+        "metric_type": st.one_of(st.sampled_from(["latency", "cpu", "nope"]), json_values),
+        "value": st.one_of(st.floats(allow_nan=False), json_values),
+        "timestamp": st.one_of(st.sampled_from(["2026-11-28T11:59:00Z", "2026-11-28T11:59:00", "x"]), json_values),
+        "tags": json_values,
+    },
+)
+
+
+@hypothesis.settings(
+    max_examples=100, deadline=None, suppress_health_check=[hypothesis.HealthCheck.function_scoped_fixture]
+)
+@hypothesis.given(payload=st.one_of(point_like, st.lists(point_like, max_size=4), json_values))
+def test_no_json_body_produces_a_500(client, payload):
+    response = post(client, payload)
+    assert response.status_code in (200, 400), (payload, response.content)

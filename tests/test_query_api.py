@@ -8,9 +8,11 @@ from __future__ import annotations
 import json
 from datetime import UTC, datetime, timedelta
 
+import hypothesis
 import numpy as np
 import pytest
 import time_machine
+from hypothesis import strategies as st
 
 from metrics import rollups
 from metrics.ingest import store
@@ -291,3 +293,31 @@ def test_non_json_content_type_is_415_and_other_methods_405(client):
 def test_bad_get_parameters_are_400_not_500(client):
     for params in ({"limit": "abc"}, {"start_time": "x"}, {"aggregation": "7d"}, {"exact": "2"}, {"zzz": "1"}):
         assert client.get(URL, params).status_code == 400, params
+
+
+query_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=30),
+    lambda children: st.lists(children, max_size=3) | st.dictionaries(st.text(max_size=8), children, max_size=3),
+    max_leaves=8,
+)
+query_bodies = st.fixed_dictionaries(
+    {},
+    optional={
+        "start_time": st.one_of(st.sampled_from(["2026-11-28T11:00:00Z", "2026-11-21T11:00:00Z"]), query_values),
+        "end_time": st.one_of(st.sampled_from(["2026-11-28T12:00:00Z", "2026-11-28T11:00:00"]), query_values),
+        "services": query_values,
+        "metric_types": st.one_of(st.just(["latency"]), query_values),
+        "aggregation": st.one_of(st.sampled_from(["raw", "1m", "5m", "1h", "auto"]), query_values),
+        "limit": query_values,
+        "exact": query_values,
+    },
+)
+
+
+@hypothesis.settings(
+    max_examples=100, deadline=None, suppress_health_check=[hypothesis.HealthCheck.function_scoped_fixture]
+)
+@hypothesis.given(body=query_bodies)
+def test_no_query_body_produces_a_500(client, body):
+    response = client.post(URL, json.dumps(body), content_type="application/json")
+    assert response.status_code in (200, 400), (body, response.content)

@@ -316,14 +316,12 @@ class Hub:
     def group_members(self) -> int | None:
         """How many channels of this process the layer lists in the group (the hub's, or none)."""
         layer = self.layer or get_channel_layer()
-        groups = getattr(layer, "groups", None)
-        if isinstance(groups, dict):
-            return len(groups.get(GROUP, ()))
-        get_loop_layer = getattr(layer, "_get_layer", None)  # RedisPubSubChannelLayer: one per event loop
-        if get_loop_layer is None:
+        groups = getattr(layer, "groups", None)  # RedisPubSubChannelLayer proxies to this loop's layer
+        if not isinstance(groups, dict):
             return None
-        inner = get_loop_layer()
-        return len(inner.groups.get(inner._get_group_channel_name(GROUP), ()))
+        # The pub/sub layer keys groups by their Redis channel name.
+        name = layer._get_group_channel_name(GROUP) if hasattr(layer, "_get_group_channel_name") else GROUP
+        return len(groups.get(name, ()))
 
 
 _hubs: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Hub] = weakref.WeakKeyDictionary()

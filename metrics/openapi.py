@@ -293,7 +293,7 @@ QUERY_PARAMETERS = [
     {"name": "exact", "in": "query", "schema": {"type": "boolean"}},
 ]
 
-SECURITY = [{"bearerAuth": []}, {"apiKeyHeader": []}, {}]
+SECURITY: list[dict[str, list[str]]] = [{"bearerAuth": []}, {"apiKeyHeader": []}, {}]
 
 PATHS: dict[str, Any] = {
     "/metrics/health": {

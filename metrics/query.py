@@ -340,15 +340,15 @@ def services_overview(now: datetime | None = None, window_seconds: int | None = 
         if severity == Alert.CRITICAL or svc not in firing:
             firing[svc] = severity
     out = []
-    for svc in Service.objects.order_by("name"):
-        metrics = stats.get(svc.name, {})
+    for known in Service.objects.order_by("name"):
+        metrics = stats.get(known.name, {})
         if not metrics:
             status = "stale"
-        elif firing.get(svc.name) == Alert.CRITICAL:
+        elif firing.get(known.name) == Alert.CRITICAL:
             status = "unhealthy"
-        elif firing.get(svc.name) == Alert.WARNING:
+        elif firing.get(known.name) == Alert.WARNING:
             status = "degraded"
         else:
             status = "healthy"
-        out.append({"service": svc.name, "status": status, "last_seen": iso(svc.last_seen), "metrics": metrics})
+        out.append({"service": known.name, "status": status, "last_seen": iso(known.last_seen), "metrics": metrics})
     return out

@@ -5,6 +5,7 @@ import time
 import urllib.error
 import urllib.request
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import numpy as np
 import orjson
@@ -87,7 +88,8 @@ class Command(BaseCommand):
                 result = store(validate_points(points))
             except ValidationErrors as exc:
                 raise CommandError(f"{exc.message}: {exc.details[:3]}") from None
-            broadcast.publish_soon(result.points, [a.to_dict() for a in result.changed])
+            points_out: list[dict[str, Any]] = [dict(p) for p in result.points]
+            broadcast.publish_soon(points_out, [dict(a.to_dict()) for a in result.changed])
         self.sent += len(points)
 
     def backfill(self, hours: float) -> None:

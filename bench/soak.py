@@ -1,0 +1,441 @@
+"""`make soak`: a long run at a steady load, watching for leaks, errors and unbounded growth.
+
+    python -m bench.soak --minutes 30            # the standing soak (not in CI)
+    python -m bench.soak --minutes 3 --sample-seconds 15   # a short proof run
+
+One daphne server (SQLite in WAL mode, its scheduler on, in a fresh temp dir;
+--database-url for PostgreSQL) takes --rate points/s in batches from a paced
+(open-loop) loader, while --clients WebSocket clients subscribe in batch mode
+(as the dashboard does) and headless Chromium keeps the dashboard open.
+Every --sample-seconds the server's RSS, open file descriptors, database size,
+oldest stored point and error counts are appended to bench/soak.json (written
+after each sample, so an interrupted run keeps what it measured).
+
+Done means: memory growth under 10 % after the warm-up (the first 5 minutes,
+or the first third of a shorter run), zero errors, and a database whose oldest
+raw point is within the raw retention.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import random
+import signal
+import sqlite3
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+import orjson
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from tests.live import LiveServer  # noqa: E402
+
+SERVICES = ("auth", "api", "database", "cache", "queue")
+RANGES = {"latency": (5, 900), "error_rate": (0, 0.2), "throughput": (50, 900), "cpu": (5, 99), "memory": (20, 95)}
+CHROMIUM = "/usr/bin/chromium"
+GROWTH_TARGET = 0.10
+
+
+@dataclass
+class Counters:
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    values: dict[str, int] = field(default_factory=dict)
+
+    def add(self, name: str, amount: int = 1) -> None:
+        with self.lock:
+            self.values[name] = self.values.get(name, 0) + amount
+
+    def snapshot(self) -> dict[str, int]:
+        with self.lock:
+            return dict(self.values)
+
+
+def make_bodies(batch: int, count: int = 200) -> list[bytes]:
+    """Pre-encoded batches without timestamps (the server stamps them "now")."""
+    rng = random.Random(42)
+    bodies = []
+    for _ in range(count):
+        points = []
+        for _ in range(batch):
+            metric = rng.choice(list(RANGES))
+            low, high = RANGES[metric]
+            points.append(
+                {
+                    "service": rng.choice(SERVICES),
+                    "metric_type": metric,
+                    "value": round(rng.uniform(low, high), 4),
+                    "tags": {"region": rng.choice(("eu", "us", "ap")), "host": f"h{rng.randrange(4)}"},
+                }
+            )
+        bodies.append(orjson.dumps(points))
+    return bodies
+
+
+# --- load ---------------------------------------------------------------------
+
+
+class PacedIngest(threading.Thread):
+    """Posts one body every 1/rate s regardless of answers (open loop); counts outcomes."""
+
+    def __init__(self, url: str, bodies: list[bytes], requests_per_second: float, counters: Counters) -> None:
+        super().__init__(name="soak-ingest", daemon=True)
+        self.url, self.bodies, self.rate, self.counters = url, bodies, requests_per_second, counters
+        self.stop_event = threading.Event()
+        self.latencies: list[float] = []  # of the current sample window
+
+    def run(self) -> None:
+        asyncio.run(self._main())
+
+    async def _main(self) -> None:
+        limits = httpx.Limits(max_connections=64, max_keepalive_connections=64)
+        async with httpx.AsyncClient(limits=limits, timeout=30, headers={"Content-Type": "application/json"}) as client:
+            pending: set[asyncio.Task] = set()
+            interval, next_at, i = 1.0 / self.rate, time.perf_counter(), 0
+            while not self.stop_event.is_set():
+                delay = next_at - time.perf_counter()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+                    continue
+                if len(pending) >= 256:  # the server is far behind: count it, do not pile up
+                    self.counters.add("ingest_skipped")
+                else:
+                    task = asyncio.create_task(self._one(client, self.bodies[i % len(self.bodies)]))
+                    pending.add(task)
+                    task.add_done_callback(pending.discard)
+                i += 1
+                next_at += interval
+            if pending:
+                await asyncio.wait(pending, timeout=30)
+
+    async def _one(self, client: httpx.AsyncClient, body: bytes) -> None:
+        started = time.perf_counter()
+        try:
+            response = await client.post(self.url + "/metrics/ingest", content=body)
+        except httpx.HTTPError as exc:
+            self.counters.add(f"ingest_error_{type(exc).__name__}")
+            return
+        self.latencies.append(time.perf_counter() - started)
+        if response.status_code == 200:
+            self.counters.add("ingest_ok")
+            self.counters.add("points_acked", int(response.json()["accepted"]))
+        else:
+            self.counters.add(f"ingest_http_{response.status_code}")
+
+
+WS_COUNTERS = ("ws_frames", "ws_points", "ws_reconnects", "ws_errors", "ws_error_frames", "ws_lag_frames")
+
+
+class WebSocketCrowd:
+    """N batch-mode subscribers in their own process (parsing their frames must not starve the
+    loader of the GIL); counts frames and points, reconnects (and counts) on any close."""
+
+    def __init__(self, ws_url: str, clients: int) -> None:
+        import multiprocessing
+
+        ctx = multiprocessing.get_context("spawn")
+        self.shared = ctx.Array("q", len(WS_COUNTERS))
+        self.stop_event = ctx.Event()
+        self.process = ctx.Process(
+            target=_crowd_main, args=(ws_url, clients, self.shared, self.stop_event), name="soak-ws", daemon=True
+        )
+
+    def start(self) -> None:
+        self.process.start()
+
+    def join(self, timeout: float) -> None:
+        self.process.join(timeout)
+        if self.process.is_alive():
+            self.process.kill()
+
+    def snapshot(self) -> dict[str, int]:
+        with self.shared.get_lock():
+            return dict(zip(WS_COUNTERS, self.shared[:], strict=True))
+
+
+def _crowd_main(ws_url: str, clients: int, shared: Any, stop_event: Any) -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when to stop
+    index = {name: i for i, name in enumerate(WS_COUNTERS)}
+    local = [0] * len(WS_COUNTERS)
+
+    def add(name: str, amount: int = 1) -> None:
+        local[index[name]] += amount
+
+    async def client(n: int) -> None:
+        import websockets
+
+        await asyncio.sleep(n * 0.02)
+        first = True
+        while not stop_event.is_set():
+            if not first:
+                add("ws_reconnects")
+                await asyncio.sleep(1)
+            first = False
+            try:
+                async with websockets.connect(ws_url, origin="http://127.0.0.1", open_timeout=30, max_size=None) as ws:
+                    await ws.send(orjson.dumps({"action": "subscribe", "batch": True}).decode())
+                    async for message in ws:
+                        frame = orjson.loads(message)
+                        if frame["type"] == "metrics":
+                            add("ws_frames")
+                            add("ws_points", len(frame["data"]))
+                        elif frame["type"] == "lag":
+                            add("ws_lag_frames")
+                        elif frame["type"] == "error":
+                            add("ws_error_frames")
+            except asyncio.CancelledError:
+                return
+            except Exception:  # counted as an error; the client reconnects
+                add("ws_errors")
+
+    async def main() -> None:
+        tasks = [asyncio.create_task(client(i)) for i in range(clients)]
+        while not stop_event.is_set():
+            await asyncio.sleep(0.5)
+            with shared.get_lock():
+                shared[:] = local
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        with shared.get_lock():
+            shared[:] = local
+
+    asyncio.run(main())
+
+
+class Dashboard(threading.Thread):
+    """The dashboard open in headless Chromium; page errors and failed requests are counted."""
+
+    def __init__(self, url: str, counters: Counters) -> None:
+        super().__init__(name="soak-browser", daemon=True)
+        self.url, self.counters = url, counters
+        self.stop_event = threading.Event()
+        self.status = "starting"
+
+    def run(self) -> None:
+        try:
+            from playwright.sync_api import sync_playwright
+        except ImportError as exc:
+            self.status = f"unavailable: playwright not installed ({exc})"
+            return
+        if not Path(CHROMIUM).exists():
+            self.status = f"unavailable: {CHROMIUM} not found"
+            return
+        try:
+            with sync_playwright() as p:
+                browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=["--no-sandbox"])
+                page = browser.new_page()
+                page.on("pageerror", lambda exc: self._error("browser_page_errors", exc))
+                page.on("console", lambda msg: msg.type == "error" and self._error("browser_console_errors", msg.text))
+                page.on("requestfailed", lambda req: self._error("browser_failed_requests", req.url))
+                page.goto(self.url + "/", wait_until="load", timeout=60_000)
+                self.status = "open"
+                while not self.stop_event.is_set():
+                    page.wait_for_timeout(1000)
+                    self.counters.add("browser_seconds_open")
+                browser.close()
+                self.status = "closed"
+        except Exception as exc:
+            self.status = f"unavailable: {type(exc).__name__}: {exc}"[:300]
+
+    def _error(self, name: str, detail: object) -> None:
+        self.counters.add(name)
+        if self.counters.snapshot().get(name, 0) <= 5:
+            print(f"  {name}: {str(detail)[:200]}", flush=True)
+
+
+# --- sampling -----------------------------------------------------------------
+
+
+def proc_rss_mb(pid: int) -> float:
+    with open(f"/proc/{pid}/status") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def open_fds(pid: int) -> int:
+    return len(os.listdir(f"/proc/{pid}/fd"))
+
+
+def sqlite_size_mb(db: Path) -> float:
+    return sum(p.stat().st_size for p in db.parent.glob(db.name + "*")) / 1e6
+
+
+def oldest_point_age_seconds(db: Path) -> float | None:
+    with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=30) as conn:
+        row = conn.execute("SELECT MIN(timestamp) FROM metrics_point").fetchone()
+    if not row or row[0] is None:
+        return None
+    oldest = datetime.fromisoformat(row[0]).replace(tzinfo=UTC)
+    return (datetime.now(UTC) - oldest).total_seconds()
+
+
+ERROR_PREFIXES = ("ingest_error_", "ingest_http_")
+ERROR_NAMES = (
+    "ws_reconnects",
+    "ws_errors",
+    "ws_error_frames",
+    "browser_page_errors",
+    "browser_failed_requests",
+    "browser_console_errors",
+)
+
+
+def error_count(counters: dict[str, int]) -> int:
+    return sum(v for k, v in counters.items() if k.startswith(ERROR_PREFIXES) or k in ERROR_NAMES)
+
+
+def summarise(samples: list[dict[str, Any]], args: argparse.Namespace, retention_hours: int) -> dict[str, Any]:
+    warmup = min(300.0, args.minutes * 60 / 3)
+    after = [s for s in samples if s["elapsed_s"] >= warmup] or samples[-1:]
+    base, last = after[0], samples[-1]
+    growth = (last["rss_mb"] - base["rss_mb"]) / base["rss_mb"] if base["rss_mb"] else None
+    errors = error_count(last["counters"])
+    oldest = max((s["oldest_point_age_s"] or 0) for s in samples)
+    within = oldest <= retention_hours * 3600 + args.prune_seconds + 120
+    acked = last["counters"].get("points_acked", 0)
+    achieved = acked / max(last["elapsed_s"], 1)
+    sustained = achieved >= 0.95 * args.rate
+    return {
+        "warmup_s": warmup,
+        "rss_mb_after_warmup": round(base["rss_mb"], 1),
+        "rss_mb_final": round(last["rss_mb"], 1),
+        "rss_mb_peak": round(max(s["rss_mb"] for s in samples), 1),
+        "memory_growth_after_warmup": None if growth is None else round(growth, 4),
+        "memory_flat": growth is not None and growth < GROWTH_TARGET,
+        "open_fds_first_last": [samples[0]["open_fds"], last["open_fds"]],
+        "db_mb_final": round(last["db_mb"], 2),
+        "oldest_point_age_s_max": round(oldest, 1),
+        "db_within_retention": within,
+        "points_acked": acked,
+        "target_points_per_s": args.rate,
+        "achieved_points_per_s": round(achieved, 1),
+        "rate_sustained": sustained,
+        "requests_not_sent_server_behind": last["counters"].get("ingest_skipped", 0),
+        "ws_points_received": last["counters"].get("ws_points", 0),
+        "errors": errors,
+        "passed": bool(growth is not None and growth < GROWTH_TARGET and errors == 0 and within and sustained),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.soak", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--minutes", type=float, default=30)
+    parser.add_argument("--rate", type=float, default=2000, help="points per second")
+    parser.add_argument("--batch", type=int, default=20, help="points per request")
+    parser.add_argument("--clients", type=int, default=100, help="WebSocket clients")
+    parser.add_argument("--sample-seconds", type=float, default=60)
+    parser.add_argument("--prune-seconds", type=int, default=300, help="the server's PRUNE_INTERVAL_SECONDS")
+    parser.add_argument("--no-browser", action="store_true")
+    parser.add_argument("--database-url", default="", help="PostgreSQL URL (a migrated, dedicated database)")
+    parser.add_argument("--out", default=str(ROOT / "bench" / "soak.json"))
+    args = parser.parse_args(argv)
+
+    workdir = Path(tempfile.mkdtemp(prefix="telemetry-soak-"))
+    retention_hours = 1
+    env = {
+        "DATABASE_URL": args.database_url,
+        "REDIS_URL": "",
+        "DEBUG": "1",  # daphne serves the dashboard's static files only with DEBUG on, as in `make run`
+        "REQUIRE_API_KEY": "0",
+        "TELEMETRY_SCHEDULER": "1",
+        "PRUNE_INTERVAL_SECONDS": str(args.prune_seconds),
+        "RAW_RETENTION_HOURS": str(retention_hours),
+        "LOG_LEVEL": "WARNING",
+    }
+    server = LiveServer(workdir, **env).start()
+    db = workdir / "telemetry.sqlite3"
+    counters = Counters()
+    ingest = PacedIngest(server.url, make_bodies(args.batch), args.rate / args.batch, counters)
+    crowd = WebSocketCrowd(server.ws_url, args.clients)
+    browser = Dashboard(server.url, counters)
+    workers: list[Any] = [ingest] + ([] if args.no_browser else [browser])
+    if args.no_browser:
+        browser.status = "disabled (--no-browser)"
+
+    stopping = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stopping.set())
+
+    samples: list[dict[str, Any]] = []
+    out = Path(args.out)
+    print(
+        f"soak: {args.minutes:g} min at {args.rate:g} points/s ({args.batch}/request), {args.clients} WebSocket clients, "
+        f"server {server.url} (pid {server.proc.pid}), data in {workdir}",
+        flush=True,
+    )
+    started = time.monotonic()
+    try:
+        crowd.start()
+        for worker in workers:
+            worker.start()
+        deadline = started + args.minutes * 60
+        next_sample = started + args.sample_seconds
+        while not stopping.is_set():
+            now = time.monotonic()
+            if now >= next_sample or now >= deadline:
+                latencies, ingest.latencies = ingest.latencies, []
+                lat_ms = sorted(x * 1000 for x in latencies)
+                sample = {
+                    "elapsed_s": round(now - started, 1),
+                    "at": datetime.now(UTC).isoformat(),
+                    "rss_mb": round(proc_rss_mb(server.proc.pid), 1),
+                    "open_fds": open_fds(server.proc.pid),
+                    "db_mb": round(sqlite_size_mb(db), 2) if not args.database_url else None,
+                    "oldest_point_age_s": oldest_point_age_seconds(db) if not args.database_url else None,
+                    "ingest_p50_ms": round(lat_ms[len(lat_ms) // 2], 1) if lat_ms else None,
+                    "ingest_p99_ms": round(lat_ms[int(len(lat_ms) * 0.99)], 1) if lat_ms else None,
+                    "browser": browser.status,
+                    "counters": counters.snapshot() | crowd.snapshot(),
+                }
+                sample["errors"] = error_count(sample["counters"])
+                samples.append(sample)
+                print(
+                    f"  t={sample['elapsed_s']:>7.0f}s rss={sample['rss_mb']:.1f} MB fds={sample['open_fds']} "
+                    f"db={sample['db_mb']} MB acked={sample['counters'].get('points_acked', 0)} "
+                    f"ws_points={sample['counters'].get('ws_points', 0)} p99={sample['ingest_p99_ms']} ms "
+                    f"errors={sample['errors']} browser={browser.status}",
+                    flush=True,
+                )
+                report = {
+                    "config": vars(args) | {"raw_retention_hours": retention_hours},
+                    "samples": samples,
+                    "summary": summarise(samples, args, retention_hours),
+                }
+                out.write_text(json.dumps(report, indent=2) + "\n")
+                if now >= deadline:
+                    break
+                next_sample += args.sample_seconds
+            time.sleep(0.25)
+    finally:
+        for worker in [*workers, crowd]:
+            worker.stop_event.set()
+        for worker in [*workers, crowd]:
+            worker.join(60)
+        server.stop()
+    if not samples:
+        print("soak: stopped before the first sample")
+        return 1
+    summary = summarise(samples, args, retention_hours)
+    print("soak summary: " + json.dumps(summary))
+    if server.log().count("Traceback"):
+        print(f"server log has {server.log().count('Traceback')} tracebacks: {server.log_path}")
+    print(f"wrote {out}")
+    return 0 if summary["passed"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -129,7 +129,10 @@ SCHEMAS: dict[str, Any] = {
             "metric_types": nullable({"type": "array", "items": METRIC_TYPE}),
             "aggregation": {"type": "string", "enum": AGGREGATIONS, "default": "raw"},
             "limit": {"type": "integer", "minimum": 1, "maximum": 100000},
-            "exact": {"type": "boolean", "description": "Force exact percentiles from raw points while they exist."},
+            "exact": {
+                "type": ["boolean", "null"],
+                "description": "Force exact percentiles from raw points while they exist.",
+            },
         },
         required=[],
     ),
@@ -271,8 +274,8 @@ def ok(schema: dict[str, Any], description: str = "OK") -> dict[str, Any]:
 
 
 QUERY_PARAMETERS = [
-    {"name": "start_time", "in": "query", "schema": {"type": "string"}, "description": "ISO-8601; default end - 1 h."},
-    {"name": "end_time", "in": "query", "schema": {"type": "string"}, "description": "ISO-8601; default now."},
+    {"name": "start_time", "in": "query", "schema": TIMESTAMP, "description": "ISO-8601; default end - 1 h."},
+    {"name": "end_time", "in": "query", "schema": TIMESTAMP, "description": "ISO-8601; default now."},
     {
         "name": "services",
         "in": "query",
@@ -347,8 +350,8 @@ PATHS: dict[str, Any] = {
                     "in": "query",
                     "schema": {"type": "integer", "minimum": 1, "maximum": 1000, "default": 10},
                 },
-                {"name": "severity", "in": "query", "schema": {"type": "string", "enum": ["warning", "critical"]}},
-                {"name": "state", "in": "query", "schema": {"type": "string", "enum": ["firing", "resolved"]}},
+                {"name": "severity", "in": "query", "schema": {"type": "string", "enum": ["", "warning", "critical"]}},
+                {"name": "state", "in": "query", "schema": {"type": "string", "enum": ["", "firing", "resolved"]}},
                 {"name": "service", "in": "query", "schema": {"type": "string"}},
             ],
             "responses": {**ok(ref("AlertsResponse")), **errors(400, 401, 405, 503)},
@@ -389,9 +392,6 @@ PATHS: dict[str, Any] = {
             "(optionally Content-Encoding: gzip). Errors answer a google.rpc.Status in the request's encoding, "
             "as the OTLP specification requires.",
             "security": SECURITY,
-            "parameters": [
-                {"name": "Content-Encoding", "in": "header", "schema": {"type": "string", "enum": ["gzip", "identity"]}}
-            ],
             "requestBody": {
                 "required": True,
                 "content": {

@@ -130,7 +130,7 @@ SCHEMAS: dict[str, Any] = {
             "aggregation": {"type": "string", "enum": AGGREGATIONS, "default": "raw"},
             "limit": {"type": "integer", "minimum": 1, "maximum": 100000},
             "exact": {
-                "type": ["boolean", "null"],
+                "anyOf": [{"type": ["boolean", "null"]}, {"enum": [0, 1, "true", "false", "1", "0", ""]}],
                 "description": "Force exact percentiles from raw points while they exist.",
             },
         },
@@ -225,7 +225,7 @@ SCHEMAS: dict[str, Any] = {
         "type": "object",
         "description": "opentelemetry.proto.collector.metrics.v1.ExportMetricsServiceRequest in the OTLP JSON "
         "mapping (lowerCamelCase keys, 64-bit integers as strings, enums as integers).",
-        "properties": {"resourceMetrics": {"type": "array", "items": {"type": "object"}}},
+        "properties": {"resourceMetrics": {"type": "array", "description": "ResourceMetrics messages."}},
     },
     "ExportMetricsServiceResponse": {
         "type": "object",

@@ -20,6 +20,7 @@ from django.conf import settings
 from .models import METRIC_TYPES
 
 SERVICE_RE = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+CONTROL_CHARS = re.compile(r"[\x00-\x1f\x7f]")
 TAG_KEY_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_.\-/]*")
 
 # (minimum, maximum) per metric type; None = unbounded.
@@ -148,7 +149,7 @@ def _validate_tags(tags: Any, index: int, errors: list[dict[str, Any]], limits: 
                 errors.append(
                     error_item(index, f"tags.{key}", f"longer than {limits['MAX_TAG_VALUE_LENGTH']} characters")
                 )
-            elif any(ord(ch) < 32 or ord(ch) == 127 for ch in val):
+            elif CONTROL_CHARS.search(val):
                 errors.append(error_item(index, f"tags.{key}", "control characters are not allowed"))
         elif isinstance(val, float):
             if not math.isfinite(val):

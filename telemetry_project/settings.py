@@ -311,6 +311,9 @@ TELEMETRY: dict[str, Any] = {
     # request. Off in tests/settings.py: pytest-django holds each test's
     # transaction on the test thread's connection.
     "DB_THREAD_POOL": envbool("DB_THREAD_POOL", True),
+    # Ingest and health answer 503 (Retry-After) when the database has not answered
+    # within this many seconds; the abandoned request is rolled back (docs/reliability.md).
+    "DB_ANSWER_TIMEOUT_SECONDS": envfloat("DB_ANSWER_TIMEOUT_SECONDS", 5.0),
     # Threshold overrides for the default (all-services) alert rules, e.g.
     # THRESHOLD_LATENCY_WARNING=300. They win over the default rows seeded in the
     # database; per-service rules edited in the admin win over both.

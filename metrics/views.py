@@ -59,6 +59,9 @@ class RequestAbandoned(OperationalError):
 def _ingest_sync(
     request: HttpRequest, body: bytes, abandoned: threading.Event | None = None
 ) -> tuple[HttpResponse, Any]:
+    if abandoned is not None and abandoned.is_set():
+        # Answered 503 while queued for a worker (overload): do no work for it.
+        return error("abandoned", 503, field="database"), None
     key, denied = authenticate_key(request)
     if denied:
         return denied, None

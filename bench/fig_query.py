@@ -120,7 +120,13 @@ def run(cfg: Config, log: Any) -> list[Figure]:
         for name in TITLES:
             body = queries(datetime.now(UTC))[name]
             log(f"  fig 3{name}: {TITLES[name]} ...")
-            times, last = _time_requests(client, "POST", server.url + "/metrics/query", n, 3, json=body)
+            try:
+                times, last = _time_requests(client, "POST", server.url + "/metrics/query", n, 3, json=body)
+            except (RuntimeError, httpx.HTTPError) as exc:
+                figures.append(
+                    Figure(f"3{name}_query", TITLES[name], None, "ms p95", "", False, details={"error": str(exc)})
+                )
+                continue
             answer = last.json()
             lat = latency_summary(times)
             ok = lat["p95_ms"] is not None and lat["p95_ms"] < TARGETS_MS[name] and len(answer["data"]) > 0

@@ -74,8 +74,10 @@ def query_until(base: str, promql: str, timeout: float = 30.0) -> list[dict]:
     """Poll Prometheus' query API until the expression has a result."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        with contextlib.suppress(httpx.HTTPError):
-            answer = httpx.get(base + "/api/v1/query", params={"query": promql}, timeout=5).json()
+        # Until its storage is ready Prometheus answers 503 with a plain-text body.
+        with contextlib.suppress(httpx.HTTPError, ValueError):
+            response = httpx.get(base + "/api/v1/query", params={"query": promql}, timeout=5)
+            answer = response.json() if response.status_code == 200 else {}
             if answer.get("status") == "success" and answer["data"]["result"]:
                 return answer["data"]["result"]
         time.sleep(0.5)

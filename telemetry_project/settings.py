@@ -323,7 +323,7 @@ TELEMETRY: dict[str, Any] = {
     "OTLP_METRIC_MAP": envjson("OTLP_METRIC_MAP", {}),
     # /ws/metrics (docs/streaming.md): coalescing interval, per-connection queue,
     # stalled-reader timeout, inbound message size and rate limits.
-    "WS_FLUSH_INTERVAL_MS": envint("WS_FLUSH_INTERVAL_MS", 100, 0),
+    "WS_FLUSH_INTERVAL_MS": envint("WS_FLUSH_INTERVAL_MS", 50, 0),
     "WS_QUEUE_POINTS": envint("WS_QUEUE_POINTS", 5000, 1),
     "WS_STALL_TIMEOUT_SECONDS": envfloat("WS_STALL_TIMEOUT_SECONDS", 10.0),
     "WS_MAX_MESSAGE_BYTES": envint("WS_MAX_MESSAGE_BYTES", 64 * 1024, 256),

@@ -274,18 +274,36 @@ class Outbox:
 
 
 class Throttle:
-    """Coalescing: at most one flush per `interval` seconds; the first after a quiet spell goes at once."""
+    """Coalescing: a token bucket of flushes, one token per `interval`, holding at most `burst`.
 
-    def __init__(self, interval: float) -> None:
+    An idle connection flushes at once; under load it flushes once per
+    interval, gathering what arrived meanwhile. The spare token absorbs jitter
+    when updates come about one interval apart: a strict "one flush per
+    interval since the last" would push every later flush back by the worst
+    jitter seen, for good.
+    """
+
+    def __init__(self, interval: float, burst: int = 2) -> None:
         self.interval = interval
-        self.last = float("-inf")
+        self.burst = burst
+        self.tokens = float(burst)
+        self.at: float | None = None
+
+    def _refill(self, now: float) -> None:
+        if self.at is not None and self.interval > 0:
+            self.tokens = min(self.burst, self.tokens + (now - self.at) / self.interval)
+        self.at = now
 
     def delay(self, now: float) -> float:
-        """Seconds to wait before the next flush may go (0 when idle long enough)."""
-        return max(0.0, self.last + self.interval - now)
+        """Seconds to wait before the next flush may go (0 when a token is there)."""
+        if self.interval <= 0:
+            return 0.0
+        self._refill(now)
+        return 0.0 if self.tokens >= 1 else (1 - self.tokens) * self.interval
 
     def flushed(self, now: float) -> None:
-        self.last = now
+        self._refill(now)
+        self.tokens = max(0.0, self.tokens - 1)
 
 
 class RateLimit:

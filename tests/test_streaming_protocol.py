@@ -203,13 +203,31 @@ def test_clearing_the_outbox_forgets_queued_updates():
 # --- coalescing and inbound rate -------------------------------------------------------------
 
 
-def test_throttle_lets_the_first_flush_go_at_once_then_waits_out_the_interval():
-    throttle = Throttle(0.1)
-    assert throttle.delay(1000.0) == 0
-    throttle.flushed(1000.0)
-    assert abs(throttle.delay(1000.03) - 0.07) < 1e-9
+def test_throttle_flushes_an_idle_connection_at_once_then_once_per_interval():
+    throttle = Throttle(0.1, burst=2)
+    for now in (1000.0, 1000.0):  # the burst: two flushes straight away
+        assert throttle.delay(now) == 0
+        throttle.flushed(now)
+    assert abs(throttle.delay(1000.03) - 0.07) < 1e-6  # then one token per 100 ms
     assert throttle.delay(1000.1) == 0
+    throttle.flushed(1000.1)
+    assert throttle.delay(1000.15) > 0
     assert throttle.delay(1005.0) == 0
+
+
+def test_throttle_does_not_ratchet_delays_when_updates_come_one_interval_apart():
+    throttle = Throttle(0.1, burst=2)
+    now = 0.0
+    for jitter in [0, 0.02, -0.02, 0.01, -0.015, 0, 0.005, -0.01] * 5:
+        now += 0.1 + jitter
+        assert throttle.delay(now) == 0
+        throttle.flushed(now)
+
+
+def test_throttle_with_no_interval_never_waits():
+    throttle = Throttle(0)
+    throttle.flushed(1.0)
+    assert throttle.delay(1.0) == 0
 
 
 def test_rate_limit_allows_a_burst_of_twice_the_rate_then_the_rate():

@@ -66,10 +66,11 @@ async def _client(
     async with connect(
         url, origin=origin, compression=None, max_size=None, open_timeout=120, ping_interval=None, close_timeout=5
     ) as ws:
-        await ws.recv()  # initial snapshot
+        # Bounded: a connection the server accepts but never serves must not hang the run.
+        await asyncio.wait_for(ws.recv(), 120)  # initial snapshot
         await ws.send(orjson.dumps({"action": "subscribe", "services": ["bench"], "batch": batch}).decode())
         while True:
-            msg = orjson.loads(await ws.recv())
+            msg = orjson.loads(await asyncio.wait_for(ws.recv(), 120))
             if msg.get("type") == "subscribed":
                 break
         with ready.get_lock():

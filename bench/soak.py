@@ -174,6 +174,7 @@ def _crowd_main(ws_url: str, clients: int, shared: Any, stop_event: Any) -> None
 
     async def client(n: int) -> None:
         import websockets
+        from websockets.typing import Origin
 
         await asyncio.sleep(n * 0.02)
         first = True
@@ -183,7 +184,9 @@ def _crowd_main(ws_url: str, clients: int, shared: Any, stop_event: Any) -> None
                 await asyncio.sleep(1)
             first = False
             try:
-                async with websockets.connect(ws_url, origin="http://127.0.0.1", open_timeout=30, max_size=None) as ws:
+                async with websockets.connect(
+                    ws_url, origin=Origin("http://127.0.0.1"), open_timeout=30, max_size=None
+                ) as ws:
                     await ws.send(orjson.dumps({"action": "subscribe", "batch": True}).decode())
                     async for message in ws:
                         frame = orjson.loads(message)
@@ -237,7 +240,7 @@ class Dashboard(threading.Thread):
                 browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=["--no-sandbox"])
                 page = browser.new_page()
                 page.on("pageerror", lambda exc: self._error("browser_page_errors", exc))
-                page.on("console", lambda msg: msg.type == "error" and self._error("browser_console_errors", msg.text))
+                page.on("console", self._console)
                 page.on("requestfailed", lambda req: self._error("browser_failed_requests", req.url))
                 page.goto(self.url + "/", wait_until="load", timeout=60_000)
                 self.status = "open"
@@ -248,6 +251,10 @@ class Dashboard(threading.Thread):
                 self.status = "closed"
         except Exception as exc:
             self.status = f"unavailable: {type(exc).__name__}: {exc}"[:300]
+
+    def _console(self, message: Any) -> None:
+        if message.type == "error":
+            self._error("browser_console_errors", message.text)
 
     def _error(self, name: str, detail: object) -> None:
         self.counters.add(name)
@@ -357,6 +364,8 @@ def main(argv: list[str] | None = None) -> int:
         "LOG_LEVEL": "WARNING",
     }
     server = LiveServer(workdir, **env).start()
+    assert server.proc is not None
+    pid = server.proc.pid
     db = workdir / "telemetry.sqlite3"
     counters = Counters()
     ingest = PacedIngest(server.url, make_bodies(args.batch), args.rate / args.batch, counters)
@@ -374,7 +383,7 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     print(
         f"soak: {args.minutes:g} min at {args.rate:g} points/s ({args.batch}/request), {args.clients} WebSocket clients, "
-        f"server {server.url} (pid {server.proc.pid}), data in {workdir}",
+        f"server {server.url} (pid {pid}), data in {workdir}",
         flush=True,
     )
     started = time.monotonic()
@@ -389,11 +398,11 @@ def main(argv: list[str] | None = None) -> int:
             if now >= next_sample or now >= deadline:
                 latencies, ingest.latencies = ingest.latencies, []
                 lat_ms = sorted(x * 1000 for x in latencies)
-                sample = {
+                sample: dict[str, Any] = {
                     "elapsed_s": round(now - started, 1),
                     "at": datetime.now(UTC).isoformat(),
-                    "rss_mb": round(proc_rss_mb(server.proc.pid), 1),
-                    "open_fds": open_fds(server.proc.pid),
+                    "rss_mb": round(proc_rss_mb(pid), 1),
+                    "open_fds": open_fds(pid),
                     "db_mb": round(sqlite_size_mb(db), 2) if not args.database_url else None,
                     "oldest_point_age_s": oldest_point_age_seconds(db) if not args.database_url else None,
                     "ingest_p50_ms": round(lat_ms[len(lat_ms) // 2], 1) if lat_ms else None,

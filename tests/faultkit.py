@@ -159,19 +159,22 @@ class OwnPostgres:
             argv = ["runuser", "-u", self.user, "--", *argv]
         return subprocess.run(argv, capture_output=True, text=True, timeout=120, check=check)
 
+    def tool(self, name: str) -> str:
+        assert self.bindir is not None, "PostgreSQL binaries not found"
+        return str(self.bindir / name)
+
     def init(self) -> OwnPostgres:
-        assert self.bindir is not None
         if self.user:
             shutil.chown(self.base, self.user, self.user)
             os.chmod(self.base, 0o700)
-        self._run(str(self.bindir / "initdb"), "-D", str(self.datadir), "-U", "postgres", "-A", "trust", "--no-sync")
+        self._run(self.tool("initdb"), "-D", str(self.datadir), "-U", "postgres", "-A", "trust", "--no-sync")
         self.start()
-        self._run(str(self.bindir / "createdb"), "-h", "127.0.0.1", "-p", str(self.port), "-U", "postgres", "telemetry")
+        self._run(self.tool("createdb"), "-h", "127.0.0.1", "-p", str(self.port), "-U", "postgres", "telemetry")
         return self
 
     def start(self) -> None:
         self._run(
-            str(self.bindir / "pg_ctl"),
+            self.tool("pg_ctl"),
             "-D",
             str(self.datadir),
             "-l",
@@ -183,7 +186,7 @@ class OwnPostgres:
         )
 
     def stop(self, mode: str = "fast") -> None:
-        self._run(str(self.bindir / "pg_ctl"), "-D", str(self.datadir), "-m", mode, "-w", "stop", check=False)
+        self._run(self.tool("pg_ctl"), "-D", str(self.datadir), "-m", mode, "-w", "stop", check=False)
 
     def destroy(self) -> None:
         self.stop("immediate")

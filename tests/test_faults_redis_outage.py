@@ -18,6 +18,7 @@ import httpx
 import orjson
 import pytest
 import websockets
+from websockets.typing import Origin
 
 from tests.faultkit import OwnRedis
 from tests.live import LiveServer
@@ -25,7 +26,7 @@ from tests.pgtools import PG_URL, count, dedicated_database, reachable
 
 pytestmark = [pytest.mark.live, pytest.mark.slow, pytest.mark.postgres]
 
-ORIGIN = "http://127.0.0.1"
+ORIGIN = Origin("http://127.0.0.1")
 
 
 @pytest.fixture

@@ -23,13 +23,14 @@ import httpx
 import orjson
 import pytest
 import websockets
+from websockets.typing import Origin
 
 from tests.faultkit import sqlite_env
 from tests.live import LiveServer
 
 pytestmark = [pytest.mark.live, pytest.mark.slow]
 
-ORIGIN = "http://127.0.0.1"
+ORIGIN = Origin("http://127.0.0.1")
 STALL_SECONDS = 3
 RSS_GROWTH_LIMIT_KB = 150 * 1024
 

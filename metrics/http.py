@@ -132,3 +132,12 @@ def json_body(request: HttpRequest) -> tuple[bytes | None, HttpResponse | None]:
     if len(body) > limit:
         return None, error(f"Body of {len(body)} bytes exceeds the limit of {limit} bytes", 413, field="body")
     return body, None
+
+
+def csrf_failure(request: HttpRequest, reason: str = "") -> HttpResponse:
+    """CSRF rejections in the one error shape for the API; Django's page elsewhere."""
+    if request.path.startswith(("/metrics/", "/v1/")):
+        return error(f"CSRF check failed: {reason}", 403, field="csrf")
+    from django.views.csrf import csrf_failure as default_failure
+
+    return default_failure(request, reason)

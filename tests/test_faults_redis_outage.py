@@ -45,6 +45,7 @@ def stack(tmp_path):
                 "REDIS_URL": redis.url,
                 "CHANNEL_LAYER_PREFIX": f"outage{uuid.uuid4().hex[:8]}",
                 "MAX_SERIES_PER_SERVICE": "100000",
+                "DB_ANSWER_TIMEOUT_SECONDS": "30",
             }
             with LiveServer(tmp_path, migrate_first=False, **env) as server:
                 yield server, redis, db_url

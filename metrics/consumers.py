@@ -69,5 +69,6 @@ class MetricsConsumer(AsyncWebsocketConsumer):
         stats.inc("ws_closed_slow")
         loop = asyncio.get_running_loop()
         loop.create_task(self.close(code=fanout.CLOSE_TOO_SLOW))
-        # The close frame sits behind the unread backlog; do not wait for the peer.
-        loop.call_later(1.0, self.watch.abort)
+        if self.watch is not None:  # always set when this callback can fire
+            # The close frame sits behind the unread backlog; do not wait for the peer.
+            loop.call_later(1.0, self.watch.abort)

@@ -18,7 +18,7 @@ from typing import Any
 
 import orjson
 
-from .models import METRIC_TYPES, Point, iso
+from .models import METRIC_TYPES, Point, PointDict, iso
 
 INITIAL_POINTS = 50
 # Largest number of points put in one {"type": "metrics"} frame; a bigger
@@ -44,13 +44,13 @@ class Subscription:
         )
 
 
-def latest_points(n: int = INITIAL_POINTS) -> list[dict[str, Any]]:
+def latest_points(n: int = INITIAL_POINTS) -> list[PointDict]:
     """The snapshot sent on connect: the latest n points, oldest first."""
     rows = list(Point.objects.order_by("-timestamp", "-id")[:n])
     return [p.to_dict() for p in reversed(rows)]
 
 
-def initial_frame(points: list[dict[str, Any]]) -> str:
+def initial_frame(points: list[PointDict]) -> str:
     return encode({"type": "initial", "data": points})
 
 

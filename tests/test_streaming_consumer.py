@@ -13,12 +13,26 @@ import orjson
 import pytest
 from channels.layers import InMemoryChannelLayer
 from channels.testing import WebsocketCommunicator
+from django.db import connections
 
 from metrics import broadcast, fanout, stats
 from metrics.models import Point
 from telemetry_project.asgi import application
 
 pytestmark = pytest.mark.django_db(transaction=True)
+
+
+@pytest.fixture(autouse=True)
+def short_lived_thread_connections(monkeypatch):
+    """The consumer reads its snapshot on a worker thread; with persistent connections
+    (CONN_MAX_AGE, PostgreSQL) that thread would keep the test database open past teardown."""
+    monkeypatch.setitem(connections.settings["default"], "CONN_MAX_AGE", 0)
+
+
+@pytest.fixture(autouse=True)
+def in_memory_layer(settings):
+    """The consumer in process, on the in-memory layer even in the Redis run (the live tests cover Redis)."""
+    settings.CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
 
 
 def communicator() -> WebsocketCommunicator:

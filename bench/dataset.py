@@ -85,6 +85,7 @@ class Writer:
         else:
             import psycopg
 
+            assert pg_url is not None, "a SQLite path or a PostgreSQL URL"
             self.conn = psycopg.connect(pg_url)
 
     @property

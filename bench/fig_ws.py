@@ -58,13 +58,20 @@ async def _client(
     deadline: Any,
 ) -> dict[str, Any]:
     from websockets.asyncio.client import connect
+    from websockets.typing import Origin
 
     seen = bytearray(planned) if decode else None
     latencies: list[float] = []
     rtts: list[float] = []
     count = frames = lags = duplicates = 0
     async with connect(
-        url, origin=origin, compression=None, max_size=None, open_timeout=120, ping_interval=None, close_timeout=5
+        url,
+        origin=Origin(origin),
+        compression=None,
+        max_size=None,
+        open_timeout=120,
+        ping_interval=None,
+        close_timeout=5,
     ) as ws:
         # Bounded: a connection the server accepts but never serves must not hang the run.
         await asyncio.wait_for(ws.recv(), 120)  # initial snapshot
@@ -88,9 +95,10 @@ async def _client(
                 if (want >= 0 and count >= want) or (deadline.value and time.time() > deadline.value):
                     break
                 try:
-                    text = await asyncio.wait_for(ws.recv(), 0.5)
+                    frame = await asyncio.wait_for(ws.recv(), 0.5)
                 except TimeoutError:
                     continue
+                text = frame.decode() if isinstance(frame, bytes) else frame
                 now = time.time()
                 if not decode and text.startswith('{"type":"metrics"'):
                     count += text.count('"value":')

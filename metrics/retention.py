@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime, timedelta
 
@@ -11,7 +12,11 @@ from django.db import connection, transaction
 from . import rollups
 from .models import Alert
 
-BATCH = 20_000
+BATCH = 5_000
+# Pause between delete batches. SQLite has one writer: a loop that starts its
+# next transaction right after committing starves ingests waiting on the busy
+# handler, so each batch leaves the lock free long enough for them to take it.
+YIELD_SECONDS = 0.03
 
 
 @dataclass
@@ -58,6 +63,7 @@ def _delete_batched(table: str, column: str, before: datetime, extra: str = "") 
         total += max(deleted, 0)
         if deleted < BATCH:
             return total
+        time.sleep(YIELD_SECONDS)
 
 
 def prune(now: datetime | None = None, dry_run: bool = False) -> PruneReport:

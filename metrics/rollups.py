@@ -237,30 +237,53 @@ def _lock_state() -> RollupState:
     return RollupState.objects.select_for_update().get(id=1)
 
 
+def _fingerprint(start: datetime, end: datetime) -> tuple[int, int]:
+    """(count, max id) of raw points in [start, end): changes whenever a point lands there."""
+    with connection.cursor() as cur:
+        cur.execute(
+            "SELECT COUNT(*), COALESCE(MAX(id), 0) FROM metrics_point WHERE timestamp >= %s AND timestamp < %s",
+            [db_ts(start), db_ts(end)],
+        )
+        count, max_id = cur.fetchone()
+    return int(count), int(max_id)
+
+
 def roll_up(now: datetime | None = None, chunk: timedelta = timedelta(minutes=10)) -> int:
-    """Roll up every complete minute not yet rolled up. Returns the number of rollup rows written."""
+    """Roll up every complete minute not yet rolled up. Returns the number of rollup rows written.
+
+    Each chunk is computed outside the write lock (SQLite has a single writer,
+    and ingestion must keep answering during a large roll-up), then written in
+    a short locked transaction. If a point landed in the chunk meanwhile (the
+    fingerprint changed), the chunk is recomputed under the lock, so a rollup
+    never misses a committed point.
+    """
     now = now or datetime.now(UTC)
     target = floor_minute(now)
     written = 0
     while True:
+        start = rolled_through()
+        if start is None:
+            with transaction.atomic():
+                state = _lock_state()
+                if state.rolled_through is None:
+                    first = _first_point_time()
+                    state.rolled_through = floor_minute(first) if first is not None else target
+                    state.save(update_fields=["rolled_through"])
+            continue
+        if start >= target:
+            return written
+        end = min(start + chunk, target)
+        before = _fingerprint(start, end)
+        summaries = summarise_window(start, end, None, None)
         with transaction.atomic():
             state = _lock_state()
-            start = state.rolled_through
-            if start is None:
-                first = _first_point_time()
-                if first is None:
-                    state.rolled_through = target
-                    state.save(update_fields=["rolled_through"])
-                    return written
-                start = floor_minute(first)
-            if start >= target:
-                return written
-            end = min(start + chunk, target)
-            written += _upsert(summarise_window(start, end, None, None))
+            if state.rolled_through != start:
+                continue  # another process advanced the boundary; start again from it
+            if _fingerprint(start, end) != before:
+                summaries = summarise_window(start, end, None, None)
+            written += _upsert(summaries)
             state.rolled_through = end
             state.save(update_fields=["rolled_through"])
-        if end >= target:
-            return written
 
 
 def _first_point_time() -> datetime | None:

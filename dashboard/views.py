@@ -9,7 +9,6 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from asgiref.sync import async_to_sync
 from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
@@ -122,8 +121,11 @@ def service_detail(request: HttpRequest, name: str) -> HttpResponse:
 
 
 def _publish(alert: Alert) -> None:
-    """Tell every open dashboard (alert frame) so their panels refresh too."""
-    async_to_sync(broadcast.publish)([], [dict(alert.to_dict())])
+    """Tell every open dashboard (alert frame) so their panels refresh too.
+
+    Fire-and-forget like ingestion: a slow channel layer never delays the answer.
+    """
+    broadcast.publish_soon([], [dict(alert.to_dict())])
 
 
 def _page_path(request: HttpRequest) -> str:

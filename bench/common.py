@@ -115,7 +115,7 @@ def running_server(
     env = server_overrides(cfg, database, **extra)
     if migrate_first:
         migrate_database(cfg, data_dir, database)
-    server = LiveServer(data_dir, migrate_first=False, **env)  # type: ignore[arg-type]
+    server = LiveServer(data_dir, migrate_first=False, env=env)
     if not cfg.postgres:
         # tests.live keeps an inherited DATABASE_URL; the SQLite bench must not.
         server.env.pop("DATABASE_URL", None)

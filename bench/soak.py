@@ -363,7 +363,7 @@ def main(argv: list[str] | None = None) -> int:
         "RAW_RETENTION_HOURS": str(retention_hours),
         "LOG_LEVEL": "WARNING",
     }
-    server = LiveServer(workdir, **env).start()
+    server = LiveServer(workdir, env=env).start()
     assert server.proc is not None
     pid = server.proc.pid
     db = workdir / "telemetry.sqlite3"

@@ -23,6 +23,7 @@ import httpx
 import numpy as np
 import orjson
 import websockets
+from websockets.typing import Origin
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from tests.live import LiveServer  # noqa: E402
@@ -37,10 +38,10 @@ async def run(args: argparse.Namespace) -> dict:
     rtts: list[float] = []
     answers: list[float] = []
     total = int(args.rate * args.seconds)
-    with tempfile.TemporaryDirectory() as tmp, LiveServer(Path(tmp), **env) as server:
+    with tempfile.TemporaryDirectory() as tmp, LiveServer(Path(tmp), env=env) as server:
         sockets = []
         for _ in range(args.clients):
-            ws = await websockets.connect(server.ws_url, origin="http://127.0.0.1", max_size=None)
+            ws = await websockets.connect(server.ws_url, origin=Origin("http://127.0.0.1"), max_size=None)
             await ws.recv()
             await ws.send(orjson.dumps({"action": "subscribe", "services": ["probe"], "batch": args.batch}).decode())
             await ws.recv()

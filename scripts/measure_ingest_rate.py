@@ -72,7 +72,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         env = {"DATABASE_URL": "", "REDIS_URL": "", "DEBUG": "0", "SECRET_KEY": "m" * 50}
         env.update({"REQUIRE_API_KEY": "0", "SECURE_COOKIES": "0"})
-        with LiveServer(Path(tmp), **env) as server:
+        with LiveServer(Path(tmp), env=env) as server:
             asyncio.run(measure(server, args.path, args.clients, args.seconds))
 
 

@@ -16,6 +16,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Mapping
 from pathlib import Path
 
 import httpx
@@ -47,10 +48,17 @@ def migrate(env: dict[str, str]) -> None:
 
 
 class LiveServer:
-    def __init__(self, tmp_path: Path, port: int | None = None, migrate_first: bool = True, **env: str) -> None:
+    def __init__(
+        self,
+        tmp_path: Path,
+        port: int | None = None,
+        migrate_first: bool = True,
+        env: Mapping[str, str] | None = None,
+        **overrides: str,
+    ) -> None:
         self.tmp_path = tmp_path
         self.port = port or free_port()
-        self.env = server_env(tmp_path, **env)
+        self.env = server_env(tmp_path, **{**(env or {}), **overrides})
         self.migrate_first = migrate_first
         self.proc: subprocess.Popen | None = None
         self.log_path = tmp_path / f"daphne-{self.port}.log"

@@ -52,7 +52,7 @@ def gauge(name: str, unit: str, value: float, at: str, attrs: dict | None = None
 def counter(name: str, unit: str, value: int, start: str, at: str, temporality: int = CUMULATIVE) -> metrics_pb2.Metric:
     metric = metrics_pb2.Metric(name=name, unit=unit)
     metric.sum.is_monotonic = True
-    metric.sum.aggregation_temporality = temporality
+    metric.sum.aggregation_temporality = temporality  # type: ignore[assignment]  # protobuf enums are ints at run time
     metric.sum.data_points.add(start_time_unix_nano=nanos(start), time_unix_nano=nanos(at), as_int=value)
     return metric
 
@@ -71,7 +71,7 @@ def histogram(
     high: float | None = None,
 ) -> metrics_pb2.Metric:
     metric = metrics_pb2.Metric(name=name, unit=unit)
-    metric.histogram.aggregation_temporality = temporality
+    metric.histogram.aggregation_temporality = temporality  # type: ignore[assignment]  # protobuf enums are ints at run time
     dp = metric.histogram.data_points.add(
         time_unix_nano=nanos(at),
         start_time_unix_nano=nanos(start or at),

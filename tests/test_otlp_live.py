@@ -21,6 +21,7 @@ from opentelemetry.metrics import CallbackOptions, Observation
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import PeriodicExportingMetricReader
 from opentelemetry.sdk.resources import Resource
+from websockets.typing import Origin
 
 from tests import pgtools
 from tests.live import LiveServer
@@ -73,7 +74,7 @@ async def watch(ws_url: str, origin: str, provider: MeterProvider) -> tuple[list
     """Connect, export with the SDK, and collect the broadcast points and alerts for SERVICE."""
     points: list[dict] = []
     alerts: list[dict] = []
-    async with websockets.connect(ws_url, origin=origin, open_timeout=20) as ws:
+    async with websockets.connect(ws_url, origin=Origin(origin), open_timeout=20) as ws:
         first = orjson.loads(await asyncio.wait_for(ws.recv(), 20))
         assert first["type"] == "initial"
         assert await asyncio.to_thread(provider.force_flush, 30_000)

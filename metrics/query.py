@@ -177,20 +177,13 @@ def raw_points(spec: QuerySpec) -> dict[str, Any]:
     encode them again; here SQLite's stored text becomes the wire spelling by
     slicing, and stored tags JSON is embedded as it is (orjson.Fragment).
     """
-    where = ["timestamp >= %s", "timestamp < %s"]
-    params: list[Any] = [rollups.db_ts(spec.start), rollups.db_ts(spec.end)]
-    if spec.services:
-        where.append(f"service IN ({','.join(['%s'] * len(spec.services))})")
-        params.extend(spec.services)
-    if spec.metric_types:
-        where.append(f"metric_type IN ({','.join(['%s'] * len(spec.metric_types))})")
-        params.extend(spec.metric_types)
+    where, params = rollups.series_where("timestamp", spec.start, spec.end, spec.services, spec.metric_types)
     sqlite = connection.vendor == "sqlite"
     # CAST: an expression has no declared type, so the driver's datetime converter is skipped.
     ts_column = "CAST(timestamp AS TEXT)" if sqlite else "timestamp"
     sql = (
         f"SELECT {ts_column}, service, metric_type, value, tags FROM metrics_point "
-        f"WHERE {' AND '.join(where)} ORDER BY timestamp, id LIMIT {int(spec.limit) + 1}"
+        f"WHERE {where} ORDER BY timestamp, id LIMIT {int(spec.limit) + 1}"
     )
     with connection.cursor() as cur:
         cur.execute(sql, params)

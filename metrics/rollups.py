@@ -100,15 +100,8 @@ def fetch_raw(
     start: datetime, end: datetime, services: Sequence[str] | None, metric_types: Sequence[str] | None
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """(service, metric_type, epoch seconds, value) of raw points in [start, end)."""
-    where = ["timestamp >= %s", "timestamp < %s"]
-    params: list = [db_ts(start), db_ts(end)]
-    if services:
-        where.append(f"service IN ({','.join(['%s'] * len(services))})")
-        params.extend(services)
-    if metric_types:
-        where.append(f"metric_type IN ({','.join(['%s'] * len(metric_types))})")
-        params.extend(metric_types)
-    sql = f"SELECT service, metric_type, {epoch_sql()}, value FROM metrics_point WHERE {' AND '.join(where)}"
+    where, params = series_where("timestamp", start, end, services, metric_types)
+    sql = f"SELECT service, metric_type, {epoch_sql()}, value FROM metrics_point WHERE {where}"
     with connection.cursor() as cur:
         cur.execute(sql, params)
         rows = cur.fetchall()
@@ -170,10 +163,11 @@ def summarise(service: np.ndarray, metric_type: np.ndarray, ts: np.ndarray, valu
     )
 
 
-def fetch_rollups(
-    start: datetime, end: datetime, services: Sequence[str] | None, metric_types: Sequence[str] | None
-) -> MinuteSummaries:
-    where = ["minute >= %s", "minute < %s"]
+def series_where(
+    column: str, start: datetime, end: datetime, services: Sequence[str] | None, metric_types: Sequence[str] | None
+) -> tuple[str, list]:
+    """WHERE clause (and params) for a time range of some services and metric types."""
+    where = [f"{column} >= %s", f"{column} < %s"]
     params: list = [db_ts(start), db_ts(end)]
     if services:
         where.append(f"service IN ({','.join(['%s'] * len(services))})")
@@ -181,10 +175,15 @@ def fetch_rollups(
     if metric_types:
         where.append(f"metric_type IN ({','.join(['%s'] * len(metric_types))})")
         params.extend(metric_types)
-    sql = (
-        f"SELECT service, metric_type, {epoch_sql('minute')}, count, sum, min, max, sketch "
-        f"FROM metrics_rollup WHERE {' AND '.join(where)}"
-    )
+    return " AND ".join(where), params
+
+
+def _fetch_summaries(
+    table: str, start: datetime, end: datetime, services: Sequence[str] | None, metric_types: Sequence[str] | None
+) -> MinuteSummaries:
+    """Rows of a per-minute summary table (rollups, sketch contributions) as MinuteSummaries."""
+    where, params = series_where("minute", start, end, services, metric_types)
+    sql = f"SELECT service, metric_type, {epoch_sql('minute')}, count, sum, min, max, sketch FROM {table} WHERE {where}"
     with connection.cursor() as cur:
         cur.execute(sql, params)
         rows = cur.fetchall()
@@ -201,6 +200,12 @@ def fetch_rollups(
         np.array(mx, dtype=np.float64),
         [bytes(b) for b in sk],
     )
+
+
+def fetch_rollups(
+    start: datetime, end: datetime, services: Sequence[str] | None, metric_types: Sequence[str] | None
+) -> MinuteSummaries:
+    return _fetch_summaries("metrics_rollup", start, end, services, metric_types)
 
 
 def _upsert(summaries: MinuteSummaries) -> int:
@@ -369,34 +374,7 @@ def fetch_contributions(
     start: datetime, end: datetime, services: Sequence[str] | None, metric_types: Sequence[str] | None
 ) -> MinuteSummaries:
     """SketchContribution rows in [start, end) as minute summaries (several rows may share a minute)."""
-    where = ["minute >= %s", "minute < %s"]
-    params: list = [db_ts(start), db_ts(end)]
-    if services:
-        where.append(f"service IN ({','.join(['%s'] * len(services))})")
-        params.extend(services)
-    if metric_types:
-        where.append(f"metric_type IN ({','.join(['%s'] * len(metric_types))})")
-        params.extend(metric_types)
-    sql = (
-        f"SELECT service, metric_type, {epoch_sql('minute')}, count, sum, min, max, sketch "
-        f"FROM metrics_sketchcontribution WHERE {' AND '.join(where)}"
-    )
-    with connection.cursor() as cur:
-        cur.execute(sql, params)
-        rows = cur.fetchall()
-    if not rows:
-        return MinuteSummaries.empty()
-    svc, mt, minute, cnt, sm, mn, mx, sk = zip(*rows, strict=True)
-    return MinuteSummaries(
-        np.array(svc, dtype=object),
-        np.array(mt, dtype=object),
-        np.rint(np.array(minute, dtype=np.float64)).astype(np.int64),
-        np.array(cnt, dtype=np.float64),
-        np.array(sm, dtype=np.float64),
-        np.array(mn, dtype=np.float64),
-        np.array(mx, dtype=np.float64),
-        [bytes(b) for b in sk],
-    )
+    return _fetch_summaries("metrics_sketchcontribution", start, end, services, metric_types)
 
 
 def merge_summaries(parts: Sequence[MinuteSummaries]) -> MinuteSummaries:

@@ -154,7 +154,7 @@ async def test_abusive_clients_do_not_hurt_a_normal_client_or_memory(server):
                 await frame(ws)
                 try:
                     await ws.send("x" * (1024 * 1024))
-                    await asyncio.wait_for(ws.wait_closed(), 15)
+                    await asyncio.wait_for(ws.wait_closed(), 30)
                 except websockets.ConnectionClosed:
                     pass
                 return ws.close_code

@@ -13,10 +13,12 @@ from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E40
 from metrics.access import WebsocketLoginGuard  # noqa: E402
 from metrics.routing import websocket_urlpatterns  # noqa: E402
 from metrics.scheduler import start_if_enabled  # noqa: E402
+from telemetry_project.fastlane import LeanASGIHandler, route_http  # noqa: E402
 
 application = ProtocolTypeRouter(
     {
-        "http": django_asgi_app,
+        # Ingestion skips the session/CSRF/auth middleware it never uses (see fastlane).
+        "http": route_http(django_asgi_app, LeanASGIHandler()),
         # Origin checked against ALLOWED_HOSTS; then the session user is resolved
         # and, when DASHBOARD_REQUIRE_LOGIN is on, anonymous handshakes are refused.
         "websocket": AllowedHostsOriginValidator(

@@ -35,3 +35,25 @@ def telemetry(settings):
 
     yield patch
     settings.TELEMETRY = original
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _release_test_database(django_db_setup, django_db_blocker):
+    """Before pytest-django drops the PostgreSQL test database, end this run's other sessions.
+
+    Worker threads (async views, sync_to_async executors, the broadcast path)
+    keep their own connections, as they do in production; on PostgreSQL a
+    database with sessions cannot be dropped, so teardown would fail with
+    "being accessed by other users" after every test has passed.
+    """
+    yield
+    with django_db_blocker.unblock():
+        from django.db import connection
+
+        if connection.vendor != "postgresql":
+            return
+        with connection.cursor() as cur:
+            cur.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+            )

@@ -116,20 +116,7 @@ class Writer:
         self.conn.commit()
 
     def rollups(self, summaries: Any) -> int:
-        rows = [
-            (s, m, self.ts(int(t)), int(c), float(su), float(mn), float(mx), blob)
-            for s, m, t, c, su, mn, mx, blob in zip(
-                summaries.service.tolist(),
-                summaries.metric_type.tolist(),
-                summaries.minute.tolist(),
-                summaries.count.tolist(),
-                summaries.sum.tolist(),
-                summaries.min.tolist(),
-                summaries.max.tolist(),
-                summaries.sketches,
-                strict=True,
-            )
-        ]
+        rows = summaries.records(self.ts)
         sql = "INSERT INTO metrics_rollup (service, metric_type, minute, count, sum, min, max, sketch) VALUES (%s, %s, %s, %s, %s, %s, %s, %s)"
         if self.sqlite:
             self.conn.executemany(sql.replace("%s", "?"), rows)

@@ -110,8 +110,8 @@ class RollupQuerySet(models.QuerySet["Rollup"]):
         return self.filter(minute__gte=start, minute__lt=end)
 
 
-class Rollup(models.Model):
-    """Per (service, metric_type, minute) summary with a mergeable percentile sketch."""
+class MinuteSummary(models.Model):
+    """Count, sum, min, max and a mergeable percentile sketch of one series' minute."""
 
     service = models.CharField(max_length=64)
     metric_type = models.CharField(max_length=16, choices=METRIC_TYPE_CHOICES)
@@ -121,6 +121,13 @@ class Rollup(models.Model):
     min = models.FloatField()
     max = models.FloatField()
     sketch = models.BinaryField()
+
+    class Meta:
+        abstract = True
+
+
+class Rollup(MinuteSummary):
+    """Per (service, metric_type, minute) summary with a mergeable percentile sketch."""
 
     objects = RollupQuerySet.as_manager()
 
@@ -138,7 +145,7 @@ class Rollup(models.Model):
         return f"{self.service}/{self.metric_type}@{iso(self.minute)}"
 
 
-class SketchContribution(models.Model):
+class SketchContribution(MinuteSummary):
     """Observations that arrive already bucketed (OTLP histograms), merged into their minute's rollup.
 
     The raw Point of a histogram holds its mean; the bucket counts live here, one
@@ -146,15 +153,6 @@ class SketchContribution(models.Model):
     them to the summary of the same (service, metric_type, minute), so the
     percentiles reflect the whole distribution and count/sum stay exact.
     """
-
-    service = models.CharField(max_length=64)
-    metric_type = models.CharField(max_length=16, choices=METRIC_TYPE_CHOICES)
-    minute = models.DateTimeField()
-    count = models.PositiveIntegerField()
-    sum = models.FloatField()
-    min = models.FloatField()
-    max = models.FloatField()
-    sketch = models.BinaryField()
 
     class Meta:
         indexes = [

@@ -9,9 +9,10 @@ transaction, so long-range answers always match raw answers.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import numpy as np
 from django.db import connection, transaction
@@ -70,6 +71,23 @@ class MinuteSummaries:
 
     def __len__(self) -> int:
         return len(self.minute)
+
+    def records(self, minute: Callable[[int], Any]) -> list[tuple]:
+        """(service, metric_type, minute(t), count, sum, min, max, sketch) rows for an INSERT."""
+        return [
+            (s, m, minute(int(t)), int(c), float(su), float(mn), float(mx), blob)
+            for s, m, t, c, su, mn, mx, blob in zip(
+                self.service.tolist(),
+                self.metric_type.tolist(),
+                self.minute.tolist(),
+                self.count.tolist(),
+                self.sum.tolist(),
+                self.min.tolist(),
+                self.max.tolist(),
+                self.sketches,
+                strict=True,
+            )
+        ]
 
     @classmethod
     def empty(cls) -> MinuteSummaries:
@@ -218,20 +236,7 @@ def _upsert(summaries: MinuteSummaries) -> int:
         "ON CONFLICT (service, metric_type, minute) DO UPDATE SET count = excluded.count, "
         "sum = excluded.sum, min = excluded.min, max = excluded.max, sketch = excluded.sketch"
     )
-    params = [
-        (s, m, db_ts(from_epoch(int(t))), int(c), float(su), float(mn), float(mx), blob)
-        for s, m, t, c, su, mn, mx, blob in zip(
-            summaries.service.tolist(),
-            summaries.metric_type.tolist(),
-            summaries.minute.tolist(),
-            summaries.count.tolist(),
-            summaries.sum.tolist(),
-            summaries.min.tolist(),
-            summaries.max.tolist(),
-            summaries.sketches,
-            strict=True,
-        )
-    ]
+    params = summaries.records(lambda t: db_ts(from_epoch(t)))
     with connection.cursor() as cur:
         cur.executemany(sql, params)
     return len(params)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from datetime import timedelta
 from typing import Any
 
@@ -39,11 +39,16 @@ def error_from(exc: ValidationErrors) -> HttpResponse:
     return response
 
 
-def _api_key_from(request: HttpRequest) -> str | None:
-    header = request.headers.get("Authorization", "")
+def _api_key_from(headers: Mapping[str, str]) -> str | None:
+    header = headers.get("Authorization", "")
     if header[:7].lower() == "bearer ":
         return header[7:].strip()
-    return request.headers.get("X-API-Key")
+    return headers.get("X-API-Key")
+
+
+def credentials(headers: Mapping[str, str]) -> dict[str, str]:
+    """The headers authenticate_key reads, copied so the check can run on another thread."""
+    return {name: headers[name] for name in ("Authorization", "X-API-Key") if name in headers}
 
 
 # last_used_at is informational: write it at most once a minute per key, so a
@@ -51,7 +56,7 @@ def _api_key_from(request: HttpRequest) -> str | None:
 LAST_USED_GRANULARITY = timedelta(minutes=1)
 
 
-def authenticate_key(request: HttpRequest) -> tuple[ApiKey | None, HttpResponse | None]:
+def authenticate_key(headers: Mapping[str, str]) -> tuple[ApiKey | None, HttpResponse | None]:
     """The ApiKey the request carries; an error response when keys are required and it is missing or bad.
 
     Looked up on every request (by its SHA-256, a unique index), so revoking a
@@ -59,7 +64,7 @@ def authenticate_key(request: HttpRequest) -> tuple[ApiKey | None, HttpResponse 
     but unknown or revoked is refused even when keys are optional: a client
     with a wrong key should learn it rather than write anonymously.
     """
-    raw = _api_key_from(request)
+    raw = _api_key_from(headers)
     if not raw:
         if settings.TELEMETRY["REQUIRE_API_KEY"]:
             return None, _unauthorized("A valid API key is required (Authorization: Bearer <key> or X-API-Key)")
@@ -110,28 +115,40 @@ def _not_allowed(request: HttpRequest, methods: tuple[str, ...]) -> HttpResponse
     return response
 
 
+def refuse_content_type(content_type: str) -> HttpResponse | None:
+    """415 unless the (parsed, lower-case) media type is JSON."""
+    if content_type in ("application/json", "text/json") or content_type.endswith("+json"):
+        return None
+    return error(f"Content-Type must be application/json, got {content_type or 'none'!r}", 415, field="Content-Type")
+
+
+def refuse_size(size: int) -> HttpResponse | None:
+    """413 when a body (or its Content-Length) is over INGEST_MAX_BODY_BYTES."""
+    limit = settings.TELEMETRY["INGEST_MAX_BODY_BYTES"]
+    if size <= limit:
+        return None
+    return error(f"Body of {size} bytes exceeds the limit of {limit} bytes", 413, field="body")
+
+
 def json_body(request: HttpRequest) -> tuple[bytes | None, HttpResponse | None]:
     """The raw JSON body, or the 413/415 answer."""
-    content_type = request.content_type or ""
-    if content_type not in ("application/json", "text/json") and not content_type.endswith("+json"):
-        return None, error(
-            f"Content-Type must be application/json, got {content_type or 'none'!r}", 415, field="Content-Type"
-        )
-    limit = settings.TELEMETRY["INGEST_MAX_BODY_BYTES"]
-    length = request.META.get("CONTENT_LENGTH") or "0"
+    problem = refuse_content_type(request.content_type or "")
+    if problem:
+        return None, problem
     try:
-        declared = int(length)
+        declared = int(request.META.get("CONTENT_LENGTH") or "0")
     except ValueError:
         declared = 0
-    if declared > limit:
-        return None, error(f"Body of {declared} bytes exceeds the limit of {limit} bytes", 413, field="body")
+    problem = refuse_size(declared)
+    if problem:
+        return None, problem
     try:
         body = request.body
     except Exception:  # RequestDataTooBig and friends
+        limit = settings.TELEMETRY["INGEST_MAX_BODY_BYTES"]
         return None, error(f"Body exceeds the limit of {limit} bytes", 413, field="body")
-    if len(body) > limit:
-        return None, error(f"Body of {len(body)} bytes exceeds the limit of {limit} bytes", 413, field="body")
-    return body, None
+    problem = refuse_size(len(body))
+    return (None, problem) if problem else (body, None)
 
 
 def csrf_failure(request: HttpRequest, reason: str = "") -> HttpResponse:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import zlib
 
 import orjson
-from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.db import DatabaseError
 from django.http import HttpRequest, HttpResponse
@@ -20,9 +19,10 @@ from google.protobuf import json_format
 from google.rpc import code_pb2, status_pb2
 
 from . import broadcast, otlp, stats
-from .http import authenticate_key
+from .http import authenticate_key, credentials
 from .ingest import store
 from .validation import ValidationErrors
+from .writer import write
 
 PROTOBUF = "application/x-protobuf"
 JSON = "application/json"
@@ -84,8 +84,8 @@ def read_body(request: HttpRequest, as_json: bool) -> tuple[bytes | None, HttpRe
     return plain, None
 
 
-def _export_sync(request: HttpRequest, body: bytes, as_json: bool):  # type: ignore[no-untyped-def]
-    key, denied = authenticate_key(request)
+def _export_sync(auth: dict[str, str], body: bytes, as_json: bool):  # type: ignore[no-untyped-def]
+    key, denied = authenticate_key(auth)
     if denied is not None:
         return status_response(denied.status_code, orjson.loads(denied.content)["error"], as_json), None
     try:
@@ -120,8 +120,8 @@ async def export_metrics(request: HttpRequest) -> HttpResponse:
     assert body is not None
     stats.inc("otlp_requests")
     try:
-        response, result = await sync_to_async(_export_sync)(request, body, as_json)
-    except DatabaseError as exc:
+        response, result = await write(_export_sync, credentials(request.headers), body, as_json, weight=len(body))
+    except (DatabaseError, TimeoutError) as exc:
         stats.inc("db_unavailable")
         return status_response(503, f"Database unavailable: {type(exc).__name__}; retry shortly", as_json)
     if result is not None:

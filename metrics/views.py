@@ -15,10 +15,11 @@ from django.views.decorators.csrf import csrf_exempt
 
 from . import broadcast, query, stats
 from .access import api_access
-from .http import FastJsonResponse, authenticate_key, error, error_from, json_body, require_methods
+from .http import FastJsonResponse, authenticate_key, credentials, error, error_from, json_body, require_methods
 from .ingest import store
 from .models import Alert, Service, iso
 from .validation import ValidationErrors, error_item, extract_points, parse_json, validate_points
+from .writer import write
 
 
 def _db_answer_seconds() -> float:
@@ -57,12 +58,12 @@ class RequestAbandoned(OperationalError):
 
 
 def _ingest_sync(
-    request: HttpRequest, body: bytes, abandoned: threading.Event | None = None
+    auth: dict[str, str], body: bytes, abandoned: threading.Event | None = None
 ) -> tuple[HttpResponse, Any]:
     if abandoned is not None and abandoned.is_set():
-        # Answered 503 while queued for a worker (overload): do no work for it.
+        # Answered 503 while queued for the writer (overload): do no work for it.
         return error("abandoned", 503, field="database"), None
-    key, denied = authenticate_key(request)
+    key, denied = authenticate_key(auth)
     if denied:
         return denied, None
     try:
@@ -90,7 +91,7 @@ def _ingest_sync(
 
 
 def _on_pooled_thread(func: Any) -> Any:
-    """Run database work on a reused worker thread that keeps its connection.
+    """Run database reads on a reused worker thread that keeps its connection.
 
     sync_to_async's thread-sensitive default gives every request a new thread
     and so a new database connection (connect plus the PRAGMAs on SQLite): a
@@ -109,6 +110,24 @@ def _on_pooled_thread(func: Any) -> Any:
     return sync_to_async(run, thread_sensitive=False)
 
 
+async def ingest_body(auth: dict[str, str], body: bytes) -> HttpResponse:
+    """Store one request body and answer it: the work both ingest front doors share."""
+    abandoned = threading.Event()
+    try:
+        response, result = await write(_ingest_sync, auth, body, abandoned, weight=len(body))
+    except TimeoutError:
+        # A frozen or partitioned database: answer now, and make the writer
+        # roll the request back if it ever gets as far as committing it.
+        abandoned.set()
+        return _db_unavailable(TimeoutError("no answer from the database"))
+    except (OperationalError, DatabaseError) as exc:
+        return _db_unavailable(exc)
+    if result is not None:
+        # After commit (the group committed), one message for the whole request.
+        broadcast.publish_soon(result.points, [a.to_dict() for a in result.changed])
+    return response
+
+
 @csrf_exempt
 @require_methods("POST")
 async def ingest(request: HttpRequest) -> HttpResponse:
@@ -116,22 +135,7 @@ async def ingest(request: HttpRequest) -> HttpResponse:
     if problem:
         return problem
     assert body is not None
-    abandoned = threading.Event()
-    try:
-        response, result = await asyncio.wait_for(
-            _on_pooled_thread(_ingest_sync)(request, body, abandoned), _db_answer_seconds()
-        )
-    except TimeoutError:
-        # A frozen or partitioned database: answer now, and make the worker
-        # roll back if it ever gets as far as committing.
-        abandoned.set()
-        return _db_unavailable(TimeoutError("no answer from the database"))
-    except (OperationalError, DatabaseError) as exc:
-        return _db_unavailable(exc)
-    if result is not None:
-        # After commit (store() returned), one message for the whole request.
-        broadcast.publish_soon(result.points, [a.to_dict() for a in result.changed])
-    return response
+    return await ingest_body(credentials(request.headers), body)
 
 
 def _query_params(request: HttpRequest) -> tuple[dict[str, Any] | None, HttpResponse | None]:

@@ -10,6 +10,7 @@ from channels.auth import AuthMiddlewareStack  # noqa: E402
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E402
 
+from metrics import direct as direct_ingest  # noqa: E402
 from metrics.access import WebsocketLoginGuard  # noqa: E402
 from metrics.routing import websocket_urlpatterns  # noqa: E402
 from metrics.scheduler import start_if_enabled  # noqa: E402
@@ -17,8 +18,9 @@ from telemetry_project.fastlane import LeanASGIHandler, route_http  # noqa: E402
 
 application = ProtocolTypeRouter(
     {
-        # Ingestion skips the session/CSRF/auth middleware it never uses (see fastlane).
-        "http": route_http(django_asgi_app, LeanASGIHandler()),
+        # Agents' ingest posts skip Django's handler altogether (metrics.direct);
+        # other ingestion skips the session/CSRF/auth middleware it never uses (fastlane).
+        "http": route_http(django_asgi_app, LeanASGIHandler(), direct_ingest.app),
         # Origin checked against ALLOWED_HOSTS; then the session user is resolved
         # and, when DASHBOARD_REQUIRE_LOGIN is on, anonymous handshakes are refused.
         "websocket": AllowedHostsOriginValidator(

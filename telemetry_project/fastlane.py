@@ -20,6 +20,8 @@ from django.conf import settings
 from django.core.handlers.asgi import ASGIHandler
 from django.http import HttpRequest, HttpResponse
 
+from metrics import direct as direct_ingest
+
 # Exact paths served by the lean handler; /metrics/ping is the benchmark's
 # trivial baseline and must pay the same per-request cost as ingestion.
 LEAN_PATHS = frozenset({"/metrics/ingest", "/v1/metrics", "/metrics/ping"})
@@ -60,11 +62,14 @@ class LeanASGIHandler(ASGIHandler):
             settings.MIDDLEWARE = saved
 
 
-def route_http(full: Any, lean: Any) -> Callable[..., Awaitable[None]]:
-    """ASGI app sending LEAN_PATHS to `lean` and everything else to `full`."""
+def route_http(full: Any, lean: Any, direct: Any = None) -> Callable[..., Awaitable[None]]:
+    """ASGI app: agents' ingest posts to `direct` (metrics.direct), LEAN_PATHS to `lean`, the rest to `full`."""
 
     async def app(scope: dict, receive: Callable, send: Callable) -> None:
-        handler = lean if scope.get("path") in LEAN_PATHS else full
+        if direct is not None and direct_ingest.serves(scope):
+            handler = direct
+        else:
+            handler = lean if scope.get("path") in LEAN_PATHS else full
         await handler(scope, receive, send)
 
     assert iscoroutinefunction(app)

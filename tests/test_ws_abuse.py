@@ -196,7 +196,12 @@ async def test_abusive_clients_do_not_hurt_a_normal_client_or_memory(server):
         reader.cancel()
 
         assert sorted(received) == sorted(sent)
-        assert huge_code == 1009
+        # The server refuses the frame with 1009 (pinned on a quiet connection in
+        # test_streaming_live); here, while the client is still pushing the rest of
+        # its megabyte under load, the server's close can reach it as a TCP reset
+        # (1006) before it reads the close frame. Either way the server closed it:
+        # a frame it had accepted would have left the socket open past wait_closed.
+        assert huge_code in (1009, 1006)
         assert flood_code == 4029
         assert json_replies == ["error", "pong"]
         assert churned == 60

@@ -307,10 +307,11 @@ TELEMETRY: dict[str, Any] = {
     "DASHBOARD_REQUIRE_LOGIN": envbool("DASHBOARD_REQUIRE_LOGIN", False),
     "MAX_SERIES_PER_SERVICE": envint("MAX_SERIES_PER_SERVICE", 1000, 1),
     "MAX_SERVICES": envint("MAX_SERVICES", 500, 1),
-    # Run ingest/query database work on reused worker threads that keep their
-    # connection, instead of Django's new thread (and new connection) per
-    # request. Off in tests/settings.py: pytest-django holds each test's
-    # transaction on the test thread's connection.
+    # Ingest writes go to one group-commit writer thread (metrics.writer) and
+    # query reads to reused worker threads, each keeping its connection, instead
+    # of Django's new thread (and new connection) per request. Off in
+    # tests/settings.py: pytest-django holds each test's transaction on the test
+    # thread's connection.
     "DB_THREAD_POOL": envbool("DB_THREAD_POOL", True),
     # Ingest and health answer 503 (Retry-After) when the database has not answered
     # within this many seconds; the abandoned request is rolled back (docs/reliability.md).

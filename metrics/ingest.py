@@ -199,14 +199,11 @@ def store(
     rows: list[Row],
     now: datetime | None = None,
     contributions: list[rollups.MinuteSummaries] | None = None,
-    before_commit: Callable[[], None] | None = None,
 ) -> IngestResult:
     """Commit rows and their alert effects atomically; broadcast after commit.
 
     `contributions` are pre-bucketed observations (OTLP histogram buckets) for
     the rollups of the same minutes, stored in the same transaction.
-    `before_commit` runs last inside the transaction; raising there rolls the
-    request back (the HTTP view uses it when it already answered 503).
     """
     now = now or datetime.now(UTC)
     with transaction.atomic():
@@ -217,8 +214,6 @@ def store(
             rollups.insert_contributions(contributions)
         rollups.refresh_late_minutes(rows)
         outcome = evaluate(rows)
-        if before_commit is not None:
-            before_commit()
     stats.inc("points_ingested", len(rows))
     wire_ts = _memo(iso)
     points: list[PointDict] = [

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import threading
 from datetime import UTC, datetime
 from typing import Any
 
@@ -19,17 +18,7 @@ from .http import FastJsonResponse, authenticate_key, credentials, error, error_
 from .ingest import store
 from .models import Alert, Service, iso
 from .validation import ValidationErrors, error_item, extract_points, parse_json, validate_points
-from .writer import write
-
-
-def _db_answer_seconds() -> float:
-    """How long a request waits for the database before answering 503."""
-    return float(settings.TELEMETRY.get("DB_ANSWER_TIMEOUT_SECONDS", 5))
-
-
-def _abort_if(abandoned: threading.Event) -> None:
-    if abandoned.is_set():
-        raise RequestAbandoned("the client was already answered 503")
+from .writer import answer_seconds, write
 
 
 def _db_unavailable(exc: Exception) -> HttpResponse:
@@ -53,16 +42,7 @@ def _check_services_allowed(key: Any, rows: list) -> HttpResponse | None:
     return None
 
 
-class RequestAbandoned(OperationalError):
-    """The view already answered 503 (database too slow): roll the request back."""
-
-
-def _ingest_sync(
-    auth: dict[str, str], body: bytes, abandoned: threading.Event | None = None
-) -> tuple[HttpResponse, Any]:
-    if abandoned is not None and abandoned.is_set():
-        # Answered 503 while queued for the writer (overload): do no work for it.
-        return error("abandoned", 503, field="database"), None
+def _ingest_sync(auth: dict[str, str], body: bytes) -> tuple[HttpResponse, Any]:
     key, denied = authenticate_key(auth)
     if denied:
         return denied, None
@@ -76,7 +56,7 @@ def _ingest_sync(
     if forbidden:
         return forbidden, None
     try:
-        result = store(rows, before_commit=(lambda: _abort_if(abandoned)) if abandoned else None)
+        result = store(rows)
     except ValidationErrors as exc:
         stats.inc("requests_rejected")
         return error_from(exc), None
@@ -112,13 +92,11 @@ def _on_pooled_thread(func: Any) -> Any:
 
 async def ingest_body(auth: dict[str, str], body: bytes) -> HttpResponse:
     """Store one request body and answer it: the work both ingest front doors share."""
-    abandoned = threading.Event()
     try:
-        response, result = await write(_ingest_sync, auth, body, abandoned, weight=len(body))
+        response, result = await write(_ingest_sync, auth, body, weight=len(body))
     except TimeoutError:
-        # A frozen or partitioned database: answer now, and make the writer
-        # roll the request back if it ever gets as far as committing it.
-        abandoned.set()
+        # A frozen or partitioned database: answer now; the writer rolls the
+        # request back if it ever gets as far as running it.
         return _db_unavailable(TimeoutError("no answer from the database"))
     except (OperationalError, DatabaseError) as exc:
         return _db_unavailable(exc)
@@ -234,7 +212,7 @@ def _database_check() -> tuple[str, int]:
 @require_methods("GET")
 async def health(request: HttpRequest) -> HttpResponse:
     try:
-        db_status, services_count = await asyncio.wait_for(sync_to_async(_database_check)(), _db_answer_seconds())
+        db_status, services_count = await asyncio.wait_for(sync_to_async(_database_check)(), answer_seconds())
     except TimeoutError:
         db_status, services_count = "error: no answer from the database", 0
     layer_status = await broadcast.probe()

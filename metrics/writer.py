@@ -39,13 +39,19 @@ MAX_GROUP_JOBS = 256
 
 
 class _Job:
-    __slots__ = ("func", "args", "future", "weight")
+    __slots__ = ("func", "args", "future", "weight", "abandoned")
 
     def __init__(self, func: Callable[..., Any], args: tuple[Any, ...], weight: int) -> None:
         self.func = func
         self.args = args
         self.future: Future[Any] = Future()
         self.weight = weight
+        # Set when the client was already answered 503: the job must not commit.
+        self.abandoned = threading.Event()
+
+
+class Abandoned(Exception):
+    """The client was answered 503 before this job's savepoint ended: roll it back."""
 
 
 class GroupWriter:
@@ -56,7 +62,7 @@ class GroupWriter:
         self._thread: threading.Thread | None = None
         self._carry: _Job | None = None
 
-    def submit(self, func: Callable[..., Any], *args: Any, weight: int = 1) -> Future[Any]:
+    def submit(self, func: Callable[..., Any], *args: Any, weight: int = 1) -> _Job:
         """Run func(*args) inside the next group's transaction; the future resolves after COMMIT.
 
         `weight` (the request's body size) bounds how much one transaction holds.
@@ -64,7 +70,7 @@ class GroupWriter:
         job = _Job(func, args, weight)
         self._ensure_thread()
         self._queue.put(job)
-        return job.future
+        return job
 
     def backlog(self) -> int:
         return self._queue.qsize()
@@ -118,7 +124,10 @@ class GroupWriter:
                     continue
                 try:
                     with transaction.atomic():  # a savepoint: this job rolls back alone
-                        outcomes.append((job, True, job.func(*job.args)))
+                        value = job.func(*job.args)
+                        if job.abandoned.is_set():
+                            raise Abandoned("the client was already answered 503")
+                    outcomes.append((job, True, value))
                 except Exception as exc:
                     outcomes.append((job, False, exc))
         # COMMIT returned: only now may any client hear "accepted".
@@ -137,13 +146,21 @@ writer = GroupWriter()
 async def write(func: Callable[..., Any], *args: Any, weight: int = 1) -> Any:
     """func(*args) in the writer's next group commit, awaited for at most DB_ANSWER_TIMEOUT_SECONDS.
 
-    Raises TimeoutError when the group has not committed in time: the caller
-    answers 503 and sets the request's `abandoned` event, so a job that runs
-    later rolls itself back (a job still queued is cancelled outright).
+    Raises TimeoutError when the group has not committed in time, and the
+    caller answers 503: a job still queued is then cancelled outright, and one
+    already running rolls its savepoint back instead of committing.
     """
     if not settings.TELEMETRY.get("DB_THREAD_POOL", True):
         # Tests: the test's own connection and transaction, on the test thread.
         return await sync_to_async(func)(*args)
-    future = writer.submit(func, *args, weight=weight)
-    timeout = float(settings.TELEMETRY.get("DB_ANSWER_TIMEOUT_SECONDS", 5))
-    return await asyncio.wait_for(asyncio.wrap_future(future), timeout)
+    job = writer.submit(func, *args, weight=weight)
+    try:
+        return await asyncio.wait_for(asyncio.wrap_future(job.future), answer_seconds())
+    except TimeoutError:
+        job.abandoned.set()
+        raise
+
+
+def answer_seconds() -> float:
+    """How long a request waits for the database before answering 503."""
+    return float(settings.TELEMETRY.get("DB_ANSWER_TIMEOUT_SECONDS", 5))

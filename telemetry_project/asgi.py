@@ -10,7 +10,6 @@ from channels.auth import AuthMiddlewareStack  # noqa: E402
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E402
 
-from metrics import direct as direct_ingest  # noqa: E402
 from metrics.access import WebsocketLoginGuard  # noqa: E402
 from metrics.routing import websocket_urlpatterns  # noqa: E402
 from metrics.scheduler import start_if_enabled  # noqa: E402
@@ -20,7 +19,7 @@ application = ProtocolTypeRouter(
     {
         # Agents' ingest posts skip Django's handler altogether (metrics.direct);
         # other ingestion skips the session/CSRF/auth middleware it never uses (fastlane).
-        "http": route_http(django_asgi_app, LeanASGIHandler(), direct_ingest.app),
+        "http": route_http(django_asgi_app, LeanASGIHandler()),
         # Origin checked against ALLOWED_HOSTS; then the session user is resolved
         # and, when DASHBOARD_REQUIRE_LOGIN is on, anonymous handshakes are refused.
         "websocket": AllowedHostsOriginValidator(

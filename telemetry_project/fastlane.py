@@ -62,12 +62,12 @@ class LeanASGIHandler(ASGIHandler):
             settings.MIDDLEWARE = saved
 
 
-def route_http(full: Any, lean: Any, direct: Any = None) -> Callable[..., Awaitable[None]]:
-    """ASGI app: agents' ingest posts to `direct` (metrics.direct), LEAN_PATHS to `lean`, the rest to `full`."""
+def route_http(full: Any, lean: Any) -> Callable[..., Awaitable[None]]:
+    """ASGI app: agents' ingest posts to metrics.direct, LEAN_PATHS to `lean`, the rest to `full`."""
 
     async def app(scope: dict, receive: Callable, send: Callable) -> None:
-        if direct is not None and direct_ingest.serves(scope):
-            handler = direct
+        if direct_ingest.serves(scope):
+            handler = direct_ingest.app
         else:
             handler = lean if scope.get("path") in LEAN_PATHS else full
         await handler(scope, receive, send)

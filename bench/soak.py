@@ -34,7 +34,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import httpx
 import orjson
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -86,52 +85,137 @@ def make_bodies(batch: int, count: int = 200) -> list[bytes]:
 # --- load ---------------------------------------------------------------------
 
 
-class PacedIngest(threading.Thread):
-    """Posts one body every 1/rate s regardless of answers (open loop); counts outcomes."""
+class PacedIngest:
+    """Posts one body every 1/rate s regardless of answers (open loop), from its own process.
 
-    def __init__(self, url: str, bodies: list[bytes], requests_per_second: float, counters: Counters) -> None:
-        super().__init__(name="soak-ingest", daemon=True)
-        self.url, self.bodies, self.rate, self.counters = url, bodies, requests_per_second, counters
-        self.stop_event = threading.Event()
+    Its own process and a bare HTTP/1.1 keep-alive client: httpx sharing the
+    parent's GIL with Playwright took more CPU than the server's ingest itself
+    and made the loader, not the server, the bottleneck. Latency is counted
+    from the moment a request was due, so a slow server cannot hide behind a
+    loader that waits for it (no coordinated omission).
+    """
+
+    def __init__(self, url: str, bodies: list[bytes], requests_per_second: float) -> None:
+        import multiprocessing
+
+        ctx = multiprocessing.get_context("spawn")
+        self.results = ctx.Queue()
+        self.stop_event = ctx.Event()
+        self.process = ctx.Process(
+            target=_ingest_main,
+            args=(url, bodies, requests_per_second, self.results, self.stop_event),
+            name="soak-ingest",
+            daemon=True,
+        )
+        self.counts: dict[str, int] = {}
         self.latencies: list[float] = []  # of the current sample window
 
-    def run(self) -> None:
-        asyncio.run(self._main())
+    def start(self) -> None:
+        self.process.start()
 
-    async def _main(self) -> None:
-        limits = httpx.Limits(max_connections=64, max_keepalive_connections=64)
-        async with httpx.AsyncClient(limits=limits, timeout=30, headers={"Content-Type": "application/json"}) as client:
-            pending: set[asyncio.Task] = set()
-            interval, next_at, i = 1.0 / self.rate, time.perf_counter(), 0
-            while not self.stop_event.is_set():
-                delay = next_at - time.perf_counter()
-                if delay > 0:
-                    await asyncio.sleep(delay)
-                    continue
-                if len(pending) >= 256:  # the server is far behind: count it, do not pile up
-                    self.counters.add("ingest_skipped")
-                else:
-                    task = asyncio.create_task(self._one(client, self.bodies[i % len(self.bodies)]))
-                    pending.add(task)
-                    task.add_done_callback(pending.discard)
-                i += 1
-                next_at += interval
-            if pending:
-                await asyncio.wait(pending, timeout=30)
+    def join(self, timeout: float) -> None:
+        self.process.join(timeout)
+        self.drain()
+        if self.process.is_alive():
+            self.process.kill()
 
-    async def _one(self, client: httpx.AsyncClient, body: bytes) -> None:
-        started = time.perf_counter()
-        try:
-            response = await client.post(self.url + "/metrics/ingest", content=body)
-        except httpx.HTTPError as exc:
-            self.counters.add(f"ingest_error_{type(exc).__name__}")
-            return
-        self.latencies.append(time.perf_counter() - started)
-        if response.status_code == 200:
-            self.counters.add("ingest_ok")
-            self.counters.add("points_acked", int(response.json()["accepted"]))
+    def drain(self) -> None:
+        """Take the counts and latencies the loader reported since the last call."""
+        while True:
+            try:
+                counts, latencies = self.results.get_nowait()
+            except Exception:  # queue.Empty, or the loader is gone
+                return
+            for name, amount in counts.items():
+                self.counts[name] = self.counts.get(name, 0) + amount
+            self.latencies.extend(latencies)
+
+
+def _ingest_main(url: str, bodies: list[bytes], rate: float, results: Any, stop_event: Any) -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when to stop
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    host, port = parts.hostname or "127.0.0.1", parts.port or 80
+    head = (
+        f"POST /metrics/ingest HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Type: application/json\r\n"
+        "Content-Length: {length}\r\n\r\n"
+    )
+    requests = [head.format(length=len(body)).encode() + body for body in bodies]
+    counts: dict[str, int] = {}
+    latencies: list[float] = []
+
+    def add(name: str, amount: int = 1) -> None:
+        counts[name] = counts.get(name, 0) + amount
+
+    async def exchange(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, request: bytes) -> bool:
+        """One request and its answer; True when the server keeps the connection open."""
+        writer.write(request)
+        status = int((await reader.readuntil(b"\r\n")).split()[1])
+        length, keep = 0, True
+        while (line := await reader.readuntil(b"\r\n")) != b"\r\n":
+            name, _, value = line.partition(b":")
+            name = name.strip().lower()
+            if name == b"content-length":
+                length = int(value)
+            elif name == b"connection" and b"close" in value.lower():
+                keep = False
+        payload = await reader.readexactly(length)
+        if status == 200:
+            add("ingest_ok")
+            add("points_acked", int(orjson.loads(payload)["accepted"]))
         else:
-            self.counters.add(f"ingest_http_{response.status_code}")
+            add(f"ingest_http_{status}")
+        return keep
+
+    async def connection(queue: asyncio.Queue) -> None:
+        reader = writer = None
+        while True:
+            due, request = await queue.get()
+            try:
+                if writer is None:
+                    reader, writer = await asyncio.open_connection(host, port)
+                assert reader is not None
+                keep = await asyncio.wait_for(exchange(reader, writer, request), 30)
+                latencies.append(time.perf_counter() - due)
+            except (OSError, TimeoutError, ValueError, IndexError, asyncio.IncompleteReadError) as exc:
+                add(f"ingest_error_{type(exc).__name__}")
+                keep = False
+            if not keep and writer is not None:
+                writer.close()
+                reader = writer = None
+
+    async def main() -> None:
+        nonlocal counts, latencies
+        queue: asyncio.Queue = asyncio.Queue()
+        workers = [asyncio.create_task(connection(queue)) for _ in range(32)]
+        interval, next_at, i = 1.0 / rate, time.perf_counter(), 0
+        reported = time.perf_counter()
+        while not stop_event.is_set():
+            now = time.perf_counter()
+            if now - reported >= 0.5:
+                results.put((counts, latencies))
+                counts, latencies, reported = {}, [], now
+            delay = next_at - now
+            if delay > 0:
+                await asyncio.sleep(min(delay, 0.5))
+                continue
+            if queue.qsize() >= 256:  # the server is far behind: count it, do not pile up
+                add("ingest_skipped")
+            else:
+                queue.put_nowait((next_at, requests[i % len(requests)]))
+            i += 1
+            next_at += interval
+        deadline = time.perf_counter() + 30
+        while queue.qsize() and time.perf_counter() < deadline:
+            await asyncio.sleep(0.1)
+        await asyncio.sleep(1.0)  # the answers still in flight
+        for worker in workers:
+            worker.cancel()
+        await asyncio.gather(*workers, return_exceptions=True)
+        results.put((counts, latencies))
+
+    asyncio.run(main())
 
 
 WS_COUNTERS = ("ws_frames", "ws_points", "ws_reconnects", "ws_errors", "ws_error_frames", "ws_lag_frames")
@@ -265,12 +349,20 @@ class Dashboard(threading.Thread):
 # --- sampling -----------------------------------------------------------------
 
 
-def proc_rss_mb(pid: int) -> float:
+def proc_memory_mb(pid: int) -> dict[str, float]:
+    """VmRSS, and its parts: RssAnon (the heap: where a leak shows) and RssFile (mapped files,
+    SQLite's mmap of the database among them)."""
+    found = {}
     with open(f"/proc/{pid}/status") as status:
         for line in status:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    return float("nan")
+            name, _, rest = line.partition(":")
+            if name in ("VmRSS", "RssAnon", "RssFile"):
+                found[name] = round(int(rest.split()[0]) / 1024, 1)
+    return found
+
+
+def proc_rss_mb(pid: int) -> float:
+    return proc_memory_mb(pid).get("VmRSS", float("nan"))
 
 
 def open_fds(pid: int) -> int:
@@ -345,14 +437,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch", type=int, default=20, help="points per request")
     parser.add_argument("--clients", type=int, default=100, help="WebSocket clients")
     parser.add_argument("--sample-seconds", type=float, default=60)
-    parser.add_argument("--prune-seconds", type=int, default=300, help="the server's PRUNE_INTERVAL_SECONDS")
+    parser.add_argument("--prune-seconds", type=int, default=30, help="the server's PRUNE_INTERVAL_SECONDS")
+    parser.add_argument(
+        "--raw-retention-hours",
+        type=float,
+        default=0.05,
+        help="the server's RAW_RETENTION_HOURS; short, so the database reaches its steady size early in the run",
+    )
     parser.add_argument("--no-browser", action="store_true")
     parser.add_argument("--database-url", default="", help="PostgreSQL URL (a migrated, dedicated database)")
     parser.add_argument("--out", default=str(ROOT / "bench" / "soak.json"))
     args = parser.parse_args(argv)
 
     workdir = Path(tempfile.mkdtemp(prefix="telemetry-soak-"))
-    retention_hours = 1
+    retention_hours = args.raw_retention_hours
     env = {
         "DATABASE_URL": args.database_url,
         "REDIS_URL": "",
@@ -368,10 +466,10 @@ def main(argv: list[str] | None = None) -> int:
     pid = server.proc.pid
     db = workdir / "telemetry.sqlite3"
     counters = Counters()
-    ingest = PacedIngest(server.url, make_bodies(args.batch), args.rate / args.batch, counters)
+    ingest = PacedIngest(server.url, make_bodies(args.batch), args.rate / args.batch)
     crowd = WebSocketCrowd(server.ws_url, args.clients)
     browser = Dashboard(server.url, counters)
-    workers: list[Any] = [ingest] + ([] if args.no_browser else [browser])
+    workers: list[Any] = [] if args.no_browser else [browser]
     if args.no_browser:
         browser.status = "disabled (--no-browser)"
 
@@ -389,6 +487,7 @@ def main(argv: list[str] | None = None) -> int:
     started = time.monotonic()
     try:
         crowd.start()
+        ingest.start()
         for worker in workers:
             worker.start()
         deadline = started + args.minutes * 60
@@ -396,19 +495,21 @@ def main(argv: list[str] | None = None) -> int:
         while not stopping.is_set():
             now = time.monotonic()
             if now >= next_sample or now >= deadline:
+                ingest.drain()
                 latencies, ingest.latencies = ingest.latencies, []
                 lat_ms = sorted(x * 1000 for x in latencies)
                 sample: dict[str, Any] = {
                     "elapsed_s": round(now - started, 1),
                     "at": datetime.now(UTC).isoformat(),
                     "rss_mb": round(proc_rss_mb(pid), 1),
+                    "memory_mb": proc_memory_mb(pid),
                     "open_fds": open_fds(pid),
                     "db_mb": round(sqlite_size_mb(db), 2) if not args.database_url else None,
                     "oldest_point_age_s": oldest_point_age_seconds(db) if not args.database_url else None,
                     "ingest_p50_ms": round(lat_ms[len(lat_ms) // 2], 1) if lat_ms else None,
                     "ingest_p99_ms": round(lat_ms[int(len(lat_ms) * 0.99)], 1) if lat_ms else None,
                     "browser": browser.status,
-                    "counters": counters.snapshot() | crowd.snapshot(),
+                    "counters": counters.snapshot() | ingest.counts | crowd.snapshot(),
                 }
                 sample["errors"] = error_count(sample["counters"])
                 samples.append(sample)
@@ -430,9 +531,9 @@ def main(argv: list[str] | None = None) -> int:
                 next_sample += args.sample_seconds
             time.sleep(0.25)
     finally:
-        for worker in [*workers, crowd]:
+        for worker in [*workers, ingest, crowd]:
             worker.stop_event.set()
-        for worker in [*workers, crowd]:
+        for worker in [*workers, ingest, crowd]:
             worker.join(60)
         server.stop()
     if not samples:

@@ -120,7 +120,7 @@ def parse_query(params: dict[str, Any], now: datetime | None = None) -> QuerySpe
                 error_item(
                     None,
                     "start_time",
-                    f"raw points are kept {conf['RAW_RETENTION_HOURS']} h; use a bucketed aggregation",
+                    f"raw points are kept {conf['RAW_RETENTION_HOURS']:g} h; use a bucketed aggregation",
                 )
             )
     if errors:

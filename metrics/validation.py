@@ -212,7 +212,7 @@ def validate_points(points: list[Any], now: datetime | None = None) -> list[Row]
                 elif ts < oldest:
                     errors.append(
                         error_item(
-                            index, "timestamp", f"older than the raw retention ({conf['RAW_RETENTION_HOURS']} h)"
+                            index, "timestamp", f"older than the raw retention ({conf['RAW_RETENTION_HOURS']:g} h)"
                         )
                     )
         tags = _validate_tags(point.get("tags"), index, errors, conf)

@@ -47,7 +47,7 @@ def envint(name: str, default: int, minimum: int = 0) -> int:
     return value
 
 
-def envfloat(name: str, default: float) -> float:
+def envfloat(name: str, default: float, positive: bool = False) -> float:
     raw = os.environ.get(name)
     if raw is None or raw.strip() == "":
         return default
@@ -57,6 +57,8 @@ def envfloat(name: str, default: float) -> float:
         raise ImproperlyConfigured(f"{name}={raw!r} is not a number") from None
     if value != value or value in (float("inf"), float("-inf")):
         raise ImproperlyConfigured(f"{name}={raw!r} must be finite")
+    if positive and value <= 0:
+        raise ImproperlyConfigured(f"{name}={raw!r} must be greater than 0")
     return value
 
 
@@ -290,7 +292,8 @@ TELEMETRY: dict[str, Any] = {
     "MAX_TAG_KEY_LENGTH": envint("INGEST_MAX_TAG_KEY_LENGTH", 64, 1),
     "MAX_TAG_VALUE_LENGTH": envint("INGEST_MAX_TAG_VALUE_LENGTH", 256, 1),
     "MAX_FUTURE_SECONDS": envint("INGEST_MAX_FUTURE_SECONDS", 300, 0),
-    "RAW_RETENTION_HOURS": envint("RAW_RETENTION_HOURS", 24, 1),
+    # Fractions allowed (0.05 = 3 minutes): the soak reaches its steady state within a run.
+    "RAW_RETENTION_HOURS": envfloat("RAW_RETENTION_HOURS", 24, positive=True),
     "ROLLUP_RETENTION_DAYS": envint("ROLLUP_RETENTION_DAYS", 7, 1),
     "ALERT_RETENTION_DAYS": envint("ALERT_RETENTION_DAYS", 7, 1),
     "QUERY_RAW_MAX_SECONDS": envint("QUERY_RAW_MAX_SECONDS", 3600, 0),

@@ -116,10 +116,11 @@ def test_sqlite_is_opened_in_wal_with_immediate_transactions():
     [
         ({"DEBUG": "perhaps"}, "DEBUG"),
         ({"RAW_RETENTION_HOURS": "a day"}, "RAW_RETENTION_HOURS"),
+        ({"RAW_RETENTION_HOURS": "0"}, "must be greater than 0"),
         ({"DEBUG": "0", "SECRET_KEY": ""}, "SECRET_KEY"),
         ({"THRESHOLD_LATENCY_WARNIGN": "3"}, "THRESHOLD_LATENCY_WARNIGN"),
     ],
-    ids=["bad-bool", "bad-int", "no-secret-key", "threshold-typo"],
+    ids=["bad-bool", "bad-int", "zero-retention", "no-secret-key", "threshold-typo"],
 )
 def test_the_process_refuses_to_start_with_a_bad_value(tmp_path, env, message):
     full = {k: v for k, v in os.environ.items() if k != "DJANGO_SETTINGS_MODULE"}

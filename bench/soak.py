@@ -397,11 +397,28 @@ def error_count(counters: dict[str, int]) -> int:
     return sum(v for k, v in counters.items() if k.startswith(ERROR_PREFIXES) or k in ERROR_NAMES)
 
 
-def summarise(samples: list[dict[str, Any]], args: argparse.Namespace, retention_hours: int) -> dict[str, Any]:
+def _window_growth(values: list[float], window: int) -> float | None:
+    """Growth from the mean of the first `window` values to the mean of the last `window`."""
+    if not values:
+        return None
+    early, late = values[:window], values[-window:]
+    base = sum(early) / len(early)
+    return round((sum(late) / len(late) - base) / base, 4) if base else None
+
+
+def summarise(samples: list[dict[str, Any]], args: argparse.Namespace, retention_hours: float) -> dict[str, Any]:
     warmup = min(300.0, args.minutes * 60 / 3)
     after = [s for s in samples if s["elapsed_s"] >= warmup] or samples[-1:]
     base, last = after[0], samples[-1]
-    growth = (last["rss_mb"] - base["rss_mb"]) / base["rss_mb"] if base["rss_mb"] else None
+    # One sample swings by +-15 MB as SQLite maps and unmaps pages of the
+    # database file (RssFile), so "flat" compares the mean of the first five
+    # post-warm-up samples with the mean of the last five: a leak still shows,
+    # a sampling accident does not. The first-to-last figure is kept beside it.
+    window = max(1, min(5, len(after) // 3))
+    rss = [s["rss_mb"] for s in after]
+    heap = [s["memory_mb"].get("RssAnon", 0.0) for s in after if "memory_mb" in s]
+    growth = _window_growth(rss, window)
+    first_last = (last["rss_mb"] - base["rss_mb"]) / base["rss_mb"] if base["rss_mb"] else None
     errors = error_count(last["counters"])
     oldest = max((s["oldest_point_age_s"] or 0) for s in samples)
     within = oldest <= retention_hours * 3600 + args.prune_seconds + 120
@@ -413,7 +430,10 @@ def summarise(samples: list[dict[str, Any]], args: argparse.Namespace, retention
         "rss_mb_after_warmup": round(base["rss_mb"], 1),
         "rss_mb_final": round(last["rss_mb"], 1),
         "rss_mb_peak": round(max(s["rss_mb"] for s in samples), 1),
-        "memory_growth_after_warmup": None if growth is None else round(growth, 4),
+        "memory_growth_after_warmup": growth,
+        "memory_growth_window_samples": window,
+        "memory_growth_first_to_last": None if first_last is None else round(first_last, 4),
+        "heap_growth_after_warmup": _window_growth(heap, window),
         "memory_flat": growth is not None and growth < GROWTH_TARGET,
         "open_fds_first_last": [samples[0]["open_fds"], last["open_fds"]],
         "db_mb_final": round(last["db_mb"], 2),

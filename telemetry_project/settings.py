@@ -174,6 +174,8 @@ TEMPLATES = [
 # --- Database -----------------------------------------------------------------
 DATA_DIR = Path(os.environ.get("TELEMETRY_DATA_DIR", BASE_DIR / "data"))
 SQLITE_SYNCHRONOUS = envchoice("SQLITE_SYNCHRONOUS", "NORMAL", {"OFF", "NORMAL", "FULL", "EXTRA"})
+# Memory-mapped reads of the database file, per connection (0 turns them off).
+SQLITE_MMAP_MB = envint("SQLITE_MMAP_MB", 256, 0)
 DATABASE_URL = os.environ.get("DATABASE_URL", "")
 
 
@@ -193,7 +195,7 @@ def _sqlite_database(path: str | Path) -> dict:
                 "PRAGMA busy_timeout=20000;"
                 "PRAGMA temp_store=MEMORY;"
                 "PRAGMA cache_size=-65536;"
-                "PRAGMA mmap_size=268435456;"
+                f"PRAGMA mmap_size={SQLITE_MMAP_MB * 1024 * 1024};"
             ),
         },
         "CONN_MAX_AGE": None,

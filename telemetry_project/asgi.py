@@ -1,5 +1,7 @@
 import os
+import sys
 
+from django.conf import settings
 from django.core.asgi import get_asgi_application
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "telemetry_project.settings")
@@ -27,6 +29,12 @@ application = ProtocolTypeRouter(
         ),
     }
 )
+
+# The ingest writer thread makes several short SQLite calls per request, each
+# releasing the GIL; while the event loop or a dashboard query holds it, taking
+# it back waits up to the switch interval (5 ms by default) every time, so the
+# writer fell behind under load (the convoy effect; docs/reliability.md).
+sys.setswitchinterval(settings.TELEMETRY["GIL_SWITCH_INTERVAL_MS"] / 1000)
 
 # Roll-ups and retention run inside the serving process (see metrics.scheduler).
 start_if_enabled()

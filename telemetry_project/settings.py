@@ -321,6 +321,8 @@ TELEMETRY: dict[str, Any] = {
     # Ingest and health answer 503 (Retry-After) when the database has not answered
     # within this many seconds; the abandoned request is rolled back (docs/reliability.md).
     "DB_ANSWER_TIMEOUT_SECONDS": envfloat("DB_ANSWER_TIMEOUT_SECONDS", 5.0),
+    # The serving process's GIL switch interval (sys.setswitchinterval), see telemetry_project/asgi.py.
+    "GIL_SWITCH_INTERVAL_MS": envfloat("GIL_SWITCH_INTERVAL_MS", 1.0, positive=True),
     # Threshold overrides for the default (all-services) alert rules, e.g.
     # THRESHOLD_LATENCY_WARNING=300. They win over the default rows seeded in the
     # database; per-service rules edited in the admin win over both.

@@ -117,10 +117,11 @@ def test_sqlite_is_opened_in_wal_with_immediate_transactions():
         ({"DEBUG": "perhaps"}, "DEBUG"),
         ({"RAW_RETENTION_HOURS": "a day"}, "RAW_RETENTION_HOURS"),
         ({"RAW_RETENTION_HOURS": "0"}, "must be greater than 0"),
+        ({"GIL_SWITCH_INTERVAL_MS": "0"}, "GIL_SWITCH_INTERVAL_MS"),
         ({"DEBUG": "0", "SECRET_KEY": ""}, "SECRET_KEY"),
         ({"THRESHOLD_LATENCY_WARNIGN": "3"}, "THRESHOLD_LATENCY_WARNIGN"),
     ],
-    ids=["bad-bool", "bad-int", "zero-retention", "no-secret-key", "threshold-typo"],
+    ids=["bad-bool", "bad-int", "zero-retention", "zero-switch-interval", "no-secret-key", "threshold-typo"],
 )
 def test_the_process_refuses_to_start_with_a_bad_value(tmp_path, env, message):
     full = {k: v for k, v in os.environ.items() if k != "DJANGO_SETTINGS_MODULE"}
@@ -132,3 +133,20 @@ def test_the_process_refuses_to_start_with_a_bad_value(tmp_path, env, message):
     )
     assert result.returncode != 0
     assert "ImproperlyConfigured" in result.stderr and message in result.stderr
+
+
+def test_the_asgi_process_takes_its_gil_switch_interval_from_the_environment(tmp_path):
+    env = {k: v for k, v in os.environ.items() if k != "DJANGO_SETTINGS_MODULE"}
+    env.update(
+        {
+            "DEBUG": "1",
+            "TELEMETRY_DATA_DIR": str(tmp_path),
+            "DATABASE_URL": "",
+            "TELEMETRY_SCHEDULER": "0",
+            "GIL_SWITCH_INTERVAL_MS": "2.5",
+        }
+    )
+    code = "import sys, telemetry_project.asgi; print(sys.getswitchinterval())"
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert float(result.stdout) == pytest.approx(0.0025)

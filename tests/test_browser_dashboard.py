@@ -193,6 +193,20 @@ def test_a_point_posted_over_http_appears_in_the_chart_within_2_seconds(page, se
     assert page.console_errors == []
 
 
+def test_the_cards_pick_up_streamed_points_on_their_slower_refresh(page, server):
+    open_live(page)
+    card = "#cards article[data-metric=throughput] .card-value"
+    before = page.locator(card).text_content()
+    post(server, [point("cards-probe", "throughput", 250000.0)])
+    # Cards refresh at most every 5 s (SUMMARY_DELAY in dashboard.js), not on every point.
+    page.wait_for_function(
+        f"(before) => document.querySelector({card!r}).textContent !== before", arg=before, timeout=8_000
+    )
+    total = float(page.locator(card).text_content().replace("req/s", "").replace(",", ""))
+    assert total >= 250000
+    assert page.console_errors == []
+
+
 def test_an_alert_opening_point_appears_in_the_alert_panel_within_2_seconds(page, server):
     open_live(page)
     answer = post(server, [point("checkout", "latency", 2500.0)])

@@ -373,6 +373,15 @@ def sqlite_size_mb(db: Path) -> float:
     return sum(p.stat().st_size for p in db.parent.glob(db.name + "*")) / 1e6
 
 
+def postgres_size_and_oldest(url: str) -> tuple[float, float | None]:
+    import psycopg
+
+    with psycopg.connect(url, connect_timeout=10) as conn:
+        size = conn.execute("SELECT pg_database_size(current_database())").fetchone()
+        age = conn.execute("SELECT EXTRACT(EPOCH FROM now() - MIN(timestamp)) FROM metrics_point").fetchone()
+    return (size[0] if size else 0) / 1e6, (float(age[0]) if age and age[0] is not None else None)
+
+
 def oldest_point_age_seconds(db: Path) -> float | None:
     with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=30) as conn:
         row = conn.execute("SELECT MIN(timestamp) FROM metrics_point").fetchone()
@@ -518,14 +527,18 @@ def main(argv: list[str] | None = None) -> int:
                 ingest.drain()
                 latencies, ingest.latencies = ingest.latencies, []
                 lat_ms = sorted(x * 1000 for x in latencies)
+                if args.database_url:
+                    db_mb, oldest_age = postgres_size_and_oldest(args.database_url)
+                else:
+                    db_mb, oldest_age = sqlite_size_mb(db), oldest_point_age_seconds(db)
                 sample: dict[str, Any] = {
                     "elapsed_s": round(now - started, 1),
                     "at": datetime.now(UTC).isoformat(),
                     "rss_mb": round(proc_rss_mb(pid), 1),
                     "memory_mb": proc_memory_mb(pid),
                     "open_fds": open_fds(pid),
-                    "db_mb": round(sqlite_size_mb(db), 2) if not args.database_url else None,
-                    "oldest_point_age_s": oldest_point_age_seconds(db) if not args.database_url else None,
+                    "db_mb": round(db_mb, 2),
+                    "oldest_point_age_s": oldest_age,
                     "ingest_p50_ms": round(lat_ms[len(lat_ms) // 2], 1) if lat_ms else None,
                     "ingest_p99_ms": round(lat_ms[int(len(lat_ms) * 0.99)], 1) if lat_ms else None,
                     "browser": browser.status,

@@ -32,8 +32,9 @@ application = ProtocolTypeRouter(
 
 # The ingest writer thread makes several short SQLite calls per request, each
 # releasing the GIL; while the event loop or a dashboard query holds it, taking
-# it back waits up to the switch interval (5 ms by default) every time, so the
-# writer fell behind under load (the convoy effect; docs/reliability.md).
+# it back can wait a whole switch interval (5 ms by default) every time. In the
+# 30-minute soak the writer fell behind under sustained load with the default
+# and kept up with 1 ms (docs/reliability.md).
 sys.setswitchinterval(settings.TELEMETRY["GIL_SWITCH_INTERVAL_MS"] / 1000)
 
 # Roll-ups and retention run inside the serving process (see metrics.scheduler).

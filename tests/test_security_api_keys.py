@@ -5,8 +5,10 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from datetime import UTC, datetime
 
 import pytest
+import time_machine
 from django.contrib.auth import get_user_model
 from django.utils import timezone
 
@@ -16,6 +18,14 @@ from tests.live import ROOT
 pytestmark = pytest.mark.django_db
 
 POINT = {"timestamp": "2026-11-28T00:00:00Z", "service": "api", "metric_type": "latency", "value": 12.5}
+
+
+# The points carry literal timestamps; the clock stands just after them so they
+# stay inside the raw retention whatever day the suite runs.
+@pytest.fixture(autouse=True)
+def frozen():
+    with time_machine.travel(datetime(2026, 11, 28, 0, 5, tzinfo=UTC)):
+        yield
 
 
 @pytest.fixture

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+
 import orjson
 import pytest
+import time_machine
 
 from metrics.models import Point, Series, Service
 
@@ -17,6 +20,14 @@ def point(service="api", metric_type="latency", value=10.0, **tags):
     if tags:
         p["tags"] = tags
     return p
+
+
+# The points carry literal timestamps; the clock stands just after them so they
+# stay inside the raw retention whatever day the suite runs.
+@pytest.fixture(autouse=True)
+def frozen():
+    with time_machine.travel(datetime(2026, 11, 28, 0, 5, tzinfo=UTC)):
+        yield
 
 
 @pytest.fixture

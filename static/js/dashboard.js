@@ -27,7 +27,10 @@
   }
 
   function fire(name, delay) {
-    if (timers[name]) return;
+    if (timers[name]) {
+      if (delay > 0) return; // already due
+      clearTimeout(timers[name]); // a catch-up does not wait for a pending 5 s refresh
+    }
     timers[name] = setTimeout(function () {
       timers[name] = null;
       document.body.dispatchEvent(new CustomEvent(name));

@@ -111,6 +111,15 @@ def test_sqlite_is_opened_in_wal_with_immediate_transactions():
     assert options["timeout"] >= 5
 
 
+def child_env(tmp_path, **overrides: str) -> dict[str, str]:
+    """The environment of a fresh process reading the real settings module, on a throwaway SQLite file."""
+    env = {k: v for k, v in os.environ.items() if k != "DJANGO_SETTINGS_MODULE"}
+    env.update({"DEBUG": "1", "TELEMETRY_DATA_DIR": str(tmp_path), "DATABASE_URL": ""})
+    env.pop("TELEMETRY_ALLOW_INSECURE_KEY", None)
+    env.update(overrides)
+    return env
+
+
 @pytest.mark.parametrize(
     ("env", "message"),
     [
@@ -124,10 +133,7 @@ def test_sqlite_is_opened_in_wal_with_immediate_transactions():
     ids=["bad-bool", "bad-int", "zero-retention", "zero-switch-interval", "no-secret-key", "threshold-typo"],
 )
 def test_the_process_refuses_to_start_with_a_bad_value(tmp_path, env, message):
-    full = {k: v for k, v in os.environ.items() if k != "DJANGO_SETTINGS_MODULE"}
-    full.update({"DEBUG": "1", "TELEMETRY_DATA_DIR": str(tmp_path), "DATABASE_URL": ""})
-    full.pop("TELEMETRY_ALLOW_INSECURE_KEY", None)
-    full.update(env)
+    full = child_env(tmp_path, **env)
     result = subprocess.run(
         [sys.executable, "manage.py", "check"], cwd=ROOT, env=full, capture_output=True, text=True, timeout=60
     )
@@ -136,16 +142,7 @@ def test_the_process_refuses_to_start_with_a_bad_value(tmp_path, env, message):
 
 
 def test_the_asgi_process_takes_its_gil_switch_interval_from_the_environment(tmp_path):
-    env = {k: v for k, v in os.environ.items() if k != "DJANGO_SETTINGS_MODULE"}
-    env.update(
-        {
-            "DEBUG": "1",
-            "TELEMETRY_DATA_DIR": str(tmp_path),
-            "DATABASE_URL": "",
-            "TELEMETRY_SCHEDULER": "0",
-            "GIL_SWITCH_INTERVAL_MS": "2.5",
-        }
-    )
+    env = child_env(tmp_path, TELEMETRY_SCHEDULER="0", GIL_SWITCH_INTERVAL_MS="2.5")
     code = "import sys, telemetry_project.asgi; print(sys.getswitchinterval())"
     result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr

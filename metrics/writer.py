@@ -38,20 +38,29 @@ log = logging.getLogger(__name__)
 MAX_GROUP_JOBS = 256
 
 
+# A job's life. The writer moves it forward; a client that times out may move
+# it to ABANDONED only before COMMITTING, under the writer's lock, so "503"
+# and "committed" can never both be true of one request.
+QUEUED, RUNNING, COMMITTING, DONE, ABANDONED = "queued", "running", "committing", "done", "abandoned"
+
+
 class _Job:
-    __slots__ = ("func", "args", "future", "weight", "abandoned")
+    __slots__ = ("func", "args", "future", "weight", "state")
 
     def __init__(self, func: Callable[..., Any], args: tuple[Any, ...], weight: int) -> None:
         self.func = func
         self.args = args
         self.future: Future[Any] = Future()
         self.weight = weight
-        # Set when the client was already answered 503: the job must not commit.
-        self.abandoned = threading.Event()
+        self.state = QUEUED
 
 
 class Abandoned(Exception):
-    """The client was answered 503 before this job's savepoint ended: roll it back."""
+    """The client was answered 503: this job must not commit."""
+
+
+class _LateAbandon(Exception):
+    """A job was abandoned after its savepoint was released: roll the whole group back."""
 
 
 class GroupWriter:
@@ -59,6 +68,7 @@ class GroupWriter:
         self.max_group_weight = max_group_weight
         self._queue: queue.SimpleQueue[_Job] = queue.SimpleQueue()
         self._lock = threading.Lock()
+        self._state_lock = threading.Lock()
         self._thread: threading.Thread | None = None
         self._carry: _Job | None = None
 
@@ -71,6 +81,18 @@ class GroupWriter:
         self._ensure_thread()
         self._queue.put(job)
         return job
+
+    def abandon(self, job: _Job) -> bool:
+        """Give up on a job whose client is being answered 503.
+
+        True when the job is guaranteed never to commit; False when its group
+        is already committing, and the caller must wait for the real outcome.
+        """
+        with self._state_lock:
+            if job.state in (QUEUED, RUNNING):
+                job.state = ABANDONED
+                return True
+            return job.state == ABANDONED
 
     def backlog(self) -> int:
         return self._queue.qsize()
@@ -117,27 +139,56 @@ class GroupWriter:
                     raise
 
     def _commit_group(self, group: list[_Job]) -> None:
-        outcomes: list[tuple[_Job, bool, Any]] = []
-        with transaction.atomic():
-            for job in group:
-                if not job.future.set_running_or_notify_cancel():
-                    continue
-                try:
-                    with transaction.atomic():  # a savepoint: this job rolls back alone
-                        value = job.func(*job.args)
-                        if job.abandoned.is_set():
-                            raise Abandoned("the client was already answered 503")
-                    outcomes.append((job, True, value))
-                except Exception as exc:
-                    outcomes.append((job, False, exc))
+        jobs = group
+        while True:
+            try:
+                outcomes = self._run_group(jobs)
+                break
+            except _LateAbandon:
+                # Rolled back: run the group again without the abandoned jobs,
+                # so nobody else's answer depends on a client that left.
+                stats.inc("ingest_group_retries")
+                jobs = [job for job in jobs if job.state != ABANDONED]
         # COMMIT returned: only now may any client hear "accepted".
         stats.inc("ingest_groups")
         stats.inc("ingest_group_jobs", len(group))
+        for job in group:
+            if job.state == ABANDONED and not job.future.done():
+                job.future.set_exception(Abandoned("the client was already answered 503"))
         for job, ok, value in outcomes:
+            if job.future.done():
+                continue
             if ok:
                 job.future.set_result(value)
             else:
                 job.future.set_exception(value)
+
+    def _run_group(self, jobs: list[_Job]) -> list[tuple[_Job, bool, Any]]:
+        outcomes: list[tuple[_Job, bool, Any]] = []
+        with transaction.atomic():
+            for job in jobs:
+                with self._state_lock:
+                    if job.state == ABANDONED:
+                        continue
+                    job.state = RUNNING
+                try:
+                    with transaction.atomic():  # a savepoint: this job rolls back alone
+                        value = job.func(*job.args)
+                        if job.state == ABANDONED:
+                            raise Abandoned("the client was already answered 503")
+                    outcomes.append((job, True, value))
+                except Exception as exc:
+                    outcomes.append((job, False, exc))
+            # The last moment a client may still walk away: after this, every
+            # stored job's client waits for the COMMIT's outcome.
+            with self._state_lock:
+                if any(ok and job.state == ABANDONED for job, ok, _ in outcomes):
+                    raise _LateAbandon
+                for job, _, _ in outcomes:
+                    job.state = COMMITTING
+        for job, _, _ in outcomes:
+            job.state = DONE
+        return outcomes
 
 
 writer = GroupWriter()
@@ -147,18 +198,27 @@ async def write(func: Callable[..., Any], *args: Any, weight: int = 1) -> Any:
     """func(*args) in the writer's next group commit, awaited for at most DB_ANSWER_TIMEOUT_SECONDS.
 
     Raises TimeoutError when the group has not committed in time, and the
-    caller answers 503: a job still queued is then cancelled outright, and one
-    already running rolls its savepoint back instead of committing.
+    caller answers 503: the job then never commits (a queued job is skipped,
+    a running one rolls back, even after its savepoint). A job whose group
+    was already committing when the time ran out gets its real answer instead.
     """
     if not settings.TELEMETRY.get("DB_THREAD_POOL", True):
         # Tests: the test's own connection and transaction, on the test thread.
         return await sync_to_async(func)(*args)
-    job = writer.submit(func, *args, weight=weight)
+    return await wait(writer, writer.submit(func, *args, weight=weight), answer_seconds())
+
+
+async def wait(group_writer: GroupWriter, job: _Job, timeout: float) -> Any:
+    """The job's answer, or TimeoutError once it is certain never to commit."""
+    outcome = asyncio.wrap_future(job.future)
     try:
-        return await asyncio.wait_for(asyncio.wrap_future(job.future), answer_seconds())
+        return await asyncio.wait_for(asyncio.shield(outcome), timeout)
     except TimeoutError:
-        job.abandoned.set()
-        raise
+        if group_writer.abandon(job):
+            # Nobody reads the Abandoned exception the writer sets later.
+            outcome.add_done_callback(lambda f: f.cancelled() or f.exception())
+            raise
+        return await outcome
 
 
 def answer_seconds() -> float:

@@ -321,6 +321,9 @@ TELEMETRY: dict[str, Any] = {
     # Ingest and health answer 503 (Retry-After) when the database has not answered
     # within this many seconds; the abandoned request is rolled back (docs/reliability.md).
     "DB_ANSWER_TIMEOUT_SECONDS": envfloat("DB_ANSWER_TIMEOUT_SECONDS", 5.0),
+    # /metrics/health reuses its last database and channel-layer checks this long;
+    # concurrent polls share one run (0 checks on every request).
+    "HEALTH_CACHE_SECONDS": envfloat("HEALTH_CACHE_SECONDS", 2.0),
     # The serving process's GIL switch interval (sys.setswitchinterval), see telemetry_project/asgi.py.
     "GIL_SWITCH_INTERVAL_MS": envfloat("GIL_SWITCH_INTERVAL_MS", 1.0, positive=True),
     # Threshold overrides for the default (all-services) alert rules, e.g.

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pytest
 
-from metrics import ingest, stats
+from metrics import ingest, stats, views
 from metrics.processor import rules
 
 
@@ -19,6 +19,7 @@ def _fresh_process_state():
     ingest.known.clear()
     rules.invalidate()
     stats.reset()
+    views.recent_health.clear()
     yield
     ingest.known.clear()
     rules.invalidate()

@@ -68,3 +68,50 @@ def test_a_real_server_with_an_unreachable_database_answers_503(tmp_path):
         )
         assert ingest.status_code == 503, ingest.text
         assert ingest.json()["details"][0]["field"] == "database"
+
+
+@pytest.mark.django_db(transaction=True)
+def test_concurrent_polls_share_one_database_and_channel_layer_check(monkeypatch):
+    """50 pollers at once cost one check, not 50 (the older service answered them 3x faster)."""
+    import asyncio
+
+    from django.test import AsyncClient
+
+    from metrics import broadcast
+
+    probes = []
+    real_probe = broadcast.probe
+
+    async def counted_probe(*args, **kwargs):
+        probes.append(1)
+        return await real_probe(*args, **kwargs)
+
+    monkeypatch.setattr(broadcast, "probe", counted_probe)
+
+    async def poll_50():
+        client = AsyncClient()
+        return await asyncio.gather(*(client.get(URL) for _ in range(50)))
+
+    answers = asyncio.run(poll_50())
+    assert [a.status_code for a in answers] == [200] * 50
+    assert len(probes) == 1
+
+
+@pytest.mark.django_db
+def test_a_recent_result_is_reused_until_it_is_older_than_the_cache(client, monkeypatch, telemetry):
+    from metrics import broadcast
+
+    probes = []
+
+    async def counted_probe(*args, **kwargs):
+        probes.append(1)
+        return "ok"
+
+    monkeypatch.setattr(broadcast, "probe", counted_probe)
+    telemetry(HEALTH_CACHE_SECONDS=3600)
+    client.get(URL)
+    client.get(URL)
+    assert len(probes) == 1
+    views.recent_health.at -= 3601  # the cached result is now an hour old
+    client.get(URL)
+    assert len(probes) == 2

@@ -160,11 +160,12 @@ def test_it_answers_405_to_other_methods(client):
     assert response["Allow"] == "POST"
 
 
-def test_it_answers_413_with_retry_after_for_big_bodies_and_gzip_bombs(client, telemetry):
+def test_it_answers_413_without_retry_after_for_big_bodies_and_gzip_bombs(client, telemetry):
+    # OTLP/HTTP retries only 429, 502, 503 and 504: a 413 must not invite a retry of the same body.
     telemetry(INGEST_MAX_BODY_BYTES=2048)
     big = post(client, b"\x00" * 4096)
     assert big.status_code == 413
-    assert big["Retry-After"] == "0"
+    assert "Retry-After" not in big
     bomb = post(client, gzip.compress(b"\x00" * 100_000), **{"Content-Encoding": "gzip"})
     assert bomb.status_code == 413
     assert "Decompressed" in status_of(bomb).message
@@ -191,16 +192,21 @@ def test_it_answers_401_without_a_valid_key_when_keys_are_required(client, telem
     assert Point.objects.count() == 1
 
 
-def test_a_service_scoped_key_rejects_other_services_as_partial_success(client, telemetry):
+def test_a_service_scoped_key_is_refused_403_for_another_service_and_nothing_is_stored(client, telemetry):
     telemetry(REQUIRE_API_KEY=True)
     _, raw = ApiKey.generate("collector", services="api")
     message = request("api", gauge("system.cpu.utilization", "1", 0.1, NOW))
     message.resource_metrics.extend(cpu_request(service="db").resource_metrics)
     response = post(client, message.SerializeToString(), **{"X-API-Key": raw})
-    assert response.status_code == 200
-    answer = ExportMetricsServiceResponse.FromString(response.content)
-    assert answer.partial_success.rejected_data_points == 1
-    assert "'db'" in answer.partial_success.error_message
+    assert response.status_code == 403
+    status = status_of(response)
+    assert status.code == 7  # PERMISSION_DENIED
+    assert "'db'" in status.message
+    assert Point.objects.count() == 0
+    own = post(
+        client, request("api", gauge("system.cpu.utilization", "1", 0.1, NOW)).SerializeToString(), **{"X-API-Key": raw}
+    )
+    assert own.status_code == 200
     assert list(Point.objects.values_list("service", flat=True)) == ["api"]
 
 

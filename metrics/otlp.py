@@ -172,7 +172,9 @@ def any_value(value: AnyValue, key: str = "", limit: int | None = None) -> Any:
 def _plain(value: AnyValue, key: str, depth: int, budget: list[int], limit: int) -> Any:
     """The Python value of a nested AnyValue, charging each node its smallest rendered size to `budget`."""
     kind = value.WhichOneof("value")
-    raw = getattr(value, kind) if kind else None
+    if kind is None:
+        return None
+    raw = getattr(value, kind)
     if depth > MAX_ATTRIBUTE_DEPTH and kind in ("array_value", "kvlist_value"):
         raise PointRejected(f"tags.{key[:64]}: arrays and maps nest at most {MAX_ATTRIBUTE_DEPTH} deep")
     if kind == "array_value":

@@ -390,7 +390,8 @@ PATHS: dict[str, Any] = {
             "summary": "OpenTelemetry OTLP/HTTP metrics receiver",
             "description": "Accepts ExportMetricsServiceRequest as application/x-protobuf or application/json "
             "(optionally Content-Encoding: gzip). Errors answer a google.rpc.Status in the request's encoding, "
-            "as the OTLP specification requires.",
+            "as the OTLP specification requires. Data points that break a rule (tags, nesting, histogram "
+            "buckets, ranges) are rejected one by one and counted in partialSuccess.",
             "security": SECURITY,
             "requestBody": {
                 "required": True,
@@ -414,17 +415,14 @@ PATHS: dict[str, Any] = {
                             "application/x-protobuf": {"schema": {"type": "string", "format": "binary"}},
                             JSON: {"schema": ref("OtlpStatus")},
                         },
-                        **(
-                            {"headers": {"Retry-After": {"schema": {"type": "integer"}}}}
-                            if code in (413, 429, 503)
-                            else {}
-                        ),
+                        **({"headers": {"Retry-After": {"schema": {"type": "integer"}}}} if code in (429, 503) else {}),
                     }
                     for code, text in (
-                        (400, "Undecodable body."),
+                        (400, "Undecodable body, or data the database refused; nothing stored, do not retry."),
                         (401, "Missing or invalid API key (when keys are required)."),
+                        (403, "The API key is limited to other services; the whole request is refused."),
                         (405, "Method not allowed."),
-                        (413, "Body over the limit."),
+                        (413, "Body over the limit, or more data points than INGEST_MAX_POINTS; do not retry as is."),
                         (415, "Unsupported Content-Type or Content-Encoding."),
                         (429, "Over a cardinality or rate limit; retry after Retry-After seconds."),
                         (503, "Database unavailable; retry after Retry-After seconds."),

@@ -15,12 +15,20 @@ mapping through google.protobuf.json_format). Mapping:
 Unknown metrics are counted and ignored. Cumulative sums and histograms are
 turned into deltas against the previous export this process saw of the same
 series (see docs/send-metrics.md for the multi-process caveat).
+
+All of this runs before the request reaches the writer thread (prepare), and
+costs at most linear time in the body: attribute nesting, rendered tag length,
+attributes per point, buckets per histogram and points per request are capped.
+Mapping only reads the cumulative state; the updates it computes are applied
+by the caller once the points are committed, so a rejected point, a refused
+request or a 503 leaves no state behind.
 """
 
 from __future__ import annotations
 
+import math
 import threading
-from collections import Counter
+from collections import Counter, OrderedDict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -41,11 +49,19 @@ from opentelemetry.proto.metrics.v1 import metrics_pb2
 from . import sketch
 from .models import METRIC_TYPES
 from .rollups import MINUTE, MinuteSummaries
-from .validation import Row, ValidationErrors, validate_points
+from .validation import MAX_VALUE, RANGES, Row, ValidationErrors, validate_points
 
 CUMULATIVE = metrics_pb2.AGGREGATION_TEMPORALITY_CUMULATIVE
 DELTA = metrics_pb2.AGGREGATION_TEMPORALITY_DELTA
 NO_RECORDED_VALUE = metrics_pb2.DATA_POINT_FLAGS_NO_RECORDED_VALUE_MASK
+
+# Arrays and maps inside an attribute value, counted from the attribute itself.
+MAX_ATTRIBUTE_DEPTH = 8
+# Integers above this lose precision as floats (sums, rollup arithmetic).
+MAX_EXACT_COUNT = 2**53
+# Observations one histogram data point may add: the rollup's count column is a
+# 32-bit PositiveIntegerField, so more would be a database error, not a rollup.
+MAX_HISTOGRAM_COUNT = 2**31 - 1
 
 # Defaults for common semantic-convention names; "unit" is what the metric is
 # assumed to use when it declares none.
@@ -124,15 +140,28 @@ def scale_for(entry: dict[str, Any], unit: str) -> float | None:
     return scales.get(unit or entry.get("unit", ""))
 
 
-def any_value(value: AnyValue) -> Any:
+class PointRejected(Exception):
+    """A data point that breaks a rule: counted in partial_success, never stored."""
+
+
+def any_value(value: AnyValue, key: str = "", limit: int | None = None) -> Any:
+    """A tag value: scalars as they are, arrays and maps rendered once as JSON text.
+
+    Rendering is linear in the value: nesting deeper than MAX_ATTRIBUTE_DEPTH,
+    or a value that cannot fit in `limit` characters, is refused before it is
+    built rather than after.
+    """
     kind = value.WhichOneof("value")
     if kind is None:
         return None
     raw = getattr(value, kind)
-    if kind == "array_value":
-        return orjson.dumps([any_value(v) for v in raw.values]).decode()
-    if kind == "kvlist_value":
-        return orjson.dumps({kv.key: any_value(kv.value) for kv in raw.values}).decode()
+    if kind in ("array_value", "kvlist_value"):
+        limit = limit if limit is not None else settings.TELEMETRY["MAX_TAG_VALUE_LENGTH"]
+        budget = [limit]
+        text = orjson.dumps(_plain(value, key, 1, budget, limit)).decode()
+        if len(text) > limit:
+            raise PointRejected(f"tags.{key[:64]}: longer than {limit} characters")
+        return text
     if kind == "bytes_value":
         return raw.hex()
     if kind == "double_value" and raw != raw:  # NaN: let validation say so
@@ -140,33 +169,117 @@ def any_value(value: AnyValue) -> Any:
     return raw
 
 
-def attributes(pairs: Iterable[Any]) -> dict[str, Any]:
-    return {kv.key: any_value(kv.value) for kv in pairs}
+def _plain(value: AnyValue, key: str, depth: int, budget: list[int], limit: int) -> Any:
+    """The Python value of a nested AnyValue, charging each node its smallest rendered size to `budget`."""
+    kind = value.WhichOneof("value")
+    if kind is None:
+        return None
+    raw = getattr(value, kind)
+    if depth > MAX_ATTRIBUTE_DEPTH and kind in ("array_value", "kvlist_value"):
+        raise PointRejected(f"tags.{key[:64]}: arrays and maps nest at most {MAX_ATTRIBUTE_DEPTH} deep")
+    if kind == "array_value":
+        cost = 2 + len(raw.values)  # brackets and commas
+    elif kind == "kvlist_value":
+        cost = 2 + sum(len(kv.key) + 4 for kv in raw.values)  # braces, quoted keys, colons, commas
+    elif kind == "string_value":
+        cost = len(raw) + 2
+    elif kind == "bytes_value":
+        cost = 2 * len(raw) + 2
+    else:
+        cost = 1
+    budget[0] -= cost
+    if budget[0] < 0:
+        raise PointRejected(f"tags.{key[:64]}: longer than {limit} characters")
+    if kind == "array_value":
+        return [_plain(v, key, depth + 1, budget, limit) for v in raw.values]
+    if kind == "kvlist_value":
+        return {kv.key: _plain(kv.value, key, depth + 1, budget, limit) for kv in raw.values}
+    if kind == "bytes_value":
+        return raw.hex()
+    if kind == "double_value" and not math.isfinite(raw):
+        return None  # JSON has no NaN or infinity
+    return raw
+
+
+def attributes(pairs: Any) -> dict[str, Any]:
+    """Data point attributes as tags, within the JSON API's size limits (its other rules follow in validation)."""
+    conf = settings.TELEMETRY
+    if len(pairs) > conf["MAX_TAGS"]:
+        raise PointRejected(f"tags: at most {conf['MAX_TAGS']} tags, got {len(pairs)}")
+    tags = {}
+    for kv in pairs:
+        if len(kv.key) > conf["MAX_TAG_KEY_LENGTH"]:
+            raise PointRejected(f"tags.{kv.key[:64]}: keys are at most {conf['MAX_TAG_KEY_LENGTH']} characters")
+        value = any_value(kv.value, kv.key, conf["MAX_TAG_VALUE_LENGTH"])
+        if isinstance(value, str) and len(value) > conf["MAX_TAG_VALUE_LENGTH"]:
+            raise PointRejected(f"tags.{kv.key}: longer than {conf['MAX_TAG_VALUE_LENGTH']} characters")
+        tags[kv.key] = value
+    return tags
+
+
+def service_name(pairs: Iterable[Any]) -> Any:
+    """The resource's service.name, without rendering its other attributes."""
+    for kv in pairs:
+        if kv.key == "service.name":
+            return kv.value.string_value if kv.value.WhichOneof("value") == "string_value" else None
+    return None
 
 
 # --- Cumulative -> delta ---------------------------------------------------------
 
 
-class _CumulativeState:
-    """The previous cumulative value per series seen by this process."""
+# Per entry, beyond its strings and arrays: the dict slot, key and value tuples, ints.
+ENTRY_OVERHEAD_BYTES = 400
+DEFAULT_STATE_BYTES = 64 * 1024 * 1024
 
-    LIMIT = 100_000
+
+class _CumulativeState:
+    """The previous cumulative value per series seen by this process, bounded in bytes.
+
+    Values are (start_time, time, ...) tuples. Mapping reads them (get) and the
+    receiver writes the new ones only after the points that produced them were
+    committed (update). Beyond OTLP_CUMULATIVE_STATE_BYTES the least recently
+    used series are forgotten: their next export counts as a first one.
+    """
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
-        self.last: dict[tuple, tuple] = {}
+        self.last: OrderedDict[tuple, tuple] = OrderedDict()
+        self.bytes = 0
 
-    def swap(self, key: tuple, value: tuple) -> tuple | None:
+    def get(self, key: tuple) -> tuple | None:
         with self.lock:
-            previous = self.last.get(key)
-            if len(self.last) >= self.LIMIT and previous is None:
-                self.last.clear()
-            self.last[key] = value
-            return previous
+            value = self.last.get(key)
+            if value is not None:
+                self.last.move_to_end(key)
+            return value
+
+    def update(self, items: Iterable[tuple[tuple, tuple]]) -> None:
+        limit = settings.TELEMETRY.get("OTLP_CUMULATIVE_STATE_BYTES", DEFAULT_STATE_BYTES)
+        with self.lock:
+            for key, value in items:
+                previous = self.last.pop(key, None)
+                if previous is not None:
+                    self.bytes -= entry_bytes(key, previous)
+                    if previous[1] > value[1]:  # a late request must not move the series back in time
+                        value = previous
+                self.last[key] = value
+                self.bytes += entry_bytes(key, value)
+            while self.bytes > limit and self.last:
+                key, value = self.last.popitem(last=False)
+                self.bytes -= entry_bytes(key, value)
 
     def clear(self) -> None:
         with self.lock:
             self.last.clear()
+            self.bytes = 0
+
+
+def entry_bytes(key: tuple, value: tuple) -> int:
+    """What one state entry holds: a deterministic estimate, so the bound does not depend on the allocator."""
+    service, name, tags = key
+    size = ENTRY_OVERHEAD_BYTES + len(service) + len(name) + sum(len(k) + len(v) + 64 for k, v in tags)
+    return size + sum(part.nbytes for part in value if isinstance(part, np.ndarray))
 
 
 cumulative = _CumulativeState()
@@ -244,27 +357,49 @@ def _histogram_part(metric_type: str, mean: float, count: int, total: float, low
 # --- Mapping -----------------------------------------------------------------------
 
 
+class TooManyPoints(Exception):
+    pass
+
+
 @dataclass
 class Mapped:
     points: list[dict[str, Any]] = field(default_factory=list)
     histograms: dict[int, HistogramPart] = field(default_factory=dict)
     unknown: Counter = field(default_factory=Counter)
+    services: set[str] = field(default_factory=set)
     skipped: int = 0
     rejected: int = 0
     problems: list[str] = field(default_factory=list)
+    # Cumulative state to record once stored: (point index, or None for a skipped point; key; value).
+    state: list[tuple[int | None, tuple, tuple]] = field(default_factory=list)
 
     def reject(self, count: int, problem: str) -> None:
         self.rejected += count
         if len(self.problems) < 5:
             self.problems.append(problem)
 
+    def state_updates(self, accepted: Iterable[int]) -> list[tuple[tuple, tuple]]:
+        """The state of the accepted and the skipped points; a rejected point leaves none."""
+        keep = set(accepted)
+        return [(key, value) for index, key, value in self.state if index is None or index in keep]
+
+
+def count_data_points(request: ExportMetricsServiceRequest) -> int:
+    total = 0
+    for resource_metrics in request.resource_metrics:
+        for scope_metrics in resource_metrics.scope_metrics:
+            for metric in scope_metrics.metrics:
+                kind = metric.WhichOneof("data")
+                if kind is not None:
+                    total += len(getattr(metric, kind).data_points)
+    return total
+
 
 def map_request(request: ExportMetricsServiceRequest) -> Mapped:
     known = metric_map()
     out = Mapped()
     for resource_metrics in request.resource_metrics:
-        resource = attributes(resource_metrics.resource.attributes)
-        service = resource.get("service.name")
+        service = service_name(resource_metrics.resource.attributes)
         for scope_metrics in resource_metrics.scope_metrics:
             for metric in scope_metrics.metrics:
                 kind = metric.WhichOneof("data")
@@ -281,6 +416,7 @@ def map_request(request: ExportMetricsServiceRequest) -> Mapped:
                 if not isinstance(service, str):
                     out.reject(n_points, "resource attribute service.name (a string) is required")
                     continue
+                out.services.add(service)
                 _map_metric(out, service, metric.name, kind, data, entry["metric_type"], scale)
     return out
 
@@ -290,72 +426,136 @@ def _map_metric(out: Mapped, service: str, name: str, kind: str, data: Any, metr
         if dp.flags & NO_RECORDED_VALUE:
             out.skipped += 1
             continue
-        tags = attributes(dp.attributes)
+        try:
+            tags = attributes(dp.attributes)
+        except PointRejected as exc:
+            out.reject(1, f"{name}: {exc}")
+            continue
         timestamp = dp.time_unix_nano / 1e9 if dp.time_unix_nano else None
         point = {"timestamp": timestamp, "service": service, "metric_type": metric_type, "tags": tags}
         if kind == "histogram":
-            _map_histogram(out, point, name, dp, data.aggregation_temporality, scale)
+            try:
+                _map_histogram(out, point, name, dp, data.aggregation_temporality, scale)
+            except PointRejected as exc:
+                out.reject(1, f"{name}: {exc}")
             continue
         which = dp.WhichOneof("value")
         if which is None:
             out.reject(1, f"{name}: data point without a value")
             continue
         value = float(getattr(dp, which))
+        state = None
         if kind == "sum" and data.is_monotonic:
-            rate = _rate(service, name, tags, dp, value, data.aggregation_temporality)
+            rate, state = _rate(service, name, tags, dp, value, data.aggregation_temporality)
             if rate is None:
                 out.skipped += 1
+                if state is not None:
+                    out.state.append((None, *state))
                 continue
             value = rate
+        if state is not None:
+            out.state.append((len(out.points), *state))
         out.points.append({**point, "value": value * scale})
 
 
-def _rate(service: str, name: str, tags: dict, dp: Any, value: float, temporality: int) -> float | None:
-    """Per-second rate of a monotonic sum data point."""
+def _rate(service: str, name: str, tags: dict, dp: Any, value: float, temporality: int):  # type: ignore[no-untyped-def]
+    """Per-second rate of a monotonic sum data point, and the cumulative state it leaves (key, value)."""
     now, start = dp.time_unix_nano, dp.start_time_unix_nano
     if temporality == DELTA:
-        return value / ((now - start) / 1e9) if start and now > start else None
-    previous = cumulative.swap(_series_key(service, name, tags), (start, now, value))
+        return (value / ((now - start) / 1e9) if start and now > start else None), None
+    key = _series_key(service, name, tags)
+    state = (key, (start, now, value))
+    previous = cumulative.get(key)
     if previous is not None and previous[0] == start and now > previous[1] and value >= previous[2]:
-        return (value - previous[2]) / ((now - previous[1]) / 1e9)
+        return (value - previous[2]) / ((now - previous[1]) / 1e9), state
     # First export of this series (or a restart): the average since it started.
-    return value / ((now - start) / 1e9) if start and now > start else None
+    return (value / ((now - start) / 1e9) if start and now > start else None), state
+
+
+def histogram_problem(dp: Any, scale: float, metric_type: str) -> str | None:
+    """Why a histogram data point cannot be stored, checked before anything is computed from it."""
+    max_buckets = settings.TELEMETRY.get("OTLP_MAX_HISTOGRAM_BUCKETS", 256)
+    n = len(dp.bucket_counts)
+    if n > max_buckets:
+        return f"{n} buckets; a histogram has at most {max_buckets} (OTLP_MAX_HISTOGRAM_BUCKETS)"
+    if n and n != len(dp.explicit_bounds) + 1:
+        return "bucket_counts must have one more entry than explicit_bounds"
+    if dp.count >= MAX_EXACT_COUNT or any(c >= MAX_EXACT_COUNT for c in dp.bucket_counts):
+        return "count and bucket_counts must be below 2^53"
+    if n and sum(dp.bucket_counts) != dp.count:
+        return "bucket_counts must add up to count"
+    bounds = [b * scale for b in dp.explicit_bounds]
+    if not all(math.isfinite(b) for b in bounds):
+        return "explicit_bounds must be finite numbers"
+    if any(b > a for a, b in zip(bounds[1:], bounds, strict=False)):
+        return "explicit_bounds must be in increasing order"
+    if dp.HasField("sum") and not math.isfinite(dp.sum * scale):
+        return "sum must be a finite number"
+    low, high = RANGES[metric_type]
+    observed = {}
+    for name in ("min", "max"):
+        if not dp.HasField(name):
+            continue
+        value = observed[name] = getattr(dp, name) * scale
+        if not math.isfinite(value) or abs(value) > MAX_VALUE:
+            return f"{name} must be a finite number with magnitude <= {MAX_VALUE:g}"
+        if value < low or (high is not None and value > high):
+            return f"{name} is outside the range of {metric_type}"
+    if len(observed) == 2 and observed["min"] > observed["max"]:
+        return "min must not exceed max"
+    if dp.HasField("sum") and dp.count:
+        mean, slack = dp.sum * scale / dp.count, 1e-9 * (abs(dp.sum * scale / dp.count) + 1e-9)
+        if mean < observed.get("min", -math.inf) - slack or mean > observed.get("max", math.inf) + slack:
+            return "sum / count must lie between min and max"
+    return None
 
 
 def _map_histogram(out: Mapped, point: dict[str, Any], name: str, dp: Any, temporality: int, scale: float) -> None:
+    metric_type = point["metric_type"]
+    problem = histogram_problem(dp, scale, metric_type)
+    if problem is not None:
+        raise PointRejected(problem)
     count = int(dp.count)
     counts = np.array(dp.bucket_counts, dtype=np.int64)
     bounds = np.array(dp.explicit_bounds, dtype=np.float64) * scale
     total = dp.sum * scale if dp.HasField("sum") else None
-    if len(counts) and len(counts) != len(bounds) + 1:
-        out.reject(1, f"{name}: bucket_counts must have one more entry than explicit_bounds")
-        return
+    state = None
     if temporality == CUMULATIVE:
         key = _series_key(point["service"], name, point["tags"])
-        previous = cumulative.swap(key, (dp.start_time_unix_nano, count, total, counts, bounds))
-        if previous is not None and previous[0] == dp.start_time_unix_nano and count >= previous[1]:
-            same_layout = len(previous[3]) == len(counts) and np.array_equal(previous[4], bounds)
+        state = (key, (dp.start_time_unix_nano, dp.time_unix_nano, count, total, counts, bounds))
+        previous = cumulative.get(key)
+        if previous is not None and previous[0] == dp.start_time_unix_nano and count >= previous[2]:
+            same_layout = len(previous[4]) == len(counts) and np.array_equal(previous[5], bounds)
             if same_layout:
-                counts = counts - previous[3]
-            count -= previous[1]
-            if total is not None and previous[2] is not None:
-                total -= previous[2]
+                counts = counts - previous[4]
+            count -= previous[2]
+            if total is not None and previous[3] is not None:
+                total -= previous[3]
+    if count > MAX_HISTOGRAM_COUNT:
+        raise PointRejected(f"{count} observations in one data point; at most {MAX_HISTOGRAM_COUNT}")
     if count <= 0:
         out.skipped += 1
+        if state is not None:
+            out.state.append((None, *state))
         return
+    # Without min/max the outer bounds stand in, kept within what the metric type can hold.
+    floor, ceiling = RANGES[metric_type][0], min(RANGES[metric_type][1] or MAX_VALUE, MAX_VALUE)
     low = dp.min * scale if dp.HasField("min") else (bounds[0] if len(bounds) else 0.0)
     high = dp.max * scale if dp.HasField("max") else (bounds[-1] if len(bounds) else low)
+    low, high = min(max(low, floor), ceiling), min(max(high, floor), ceiling)
     idx, cnt = histogram_sketch(bounds, counts, low, high) if len(counts) else (np.array([]), np.array([]))
     if total is None:  # no sum: estimate it from the buckets
         total = float((sketch.representative(idx) * cnt).sum()) if len(idx) else 0.0
     mean = total / count
     index = len(out.points)
+    if state is not None:
+        out.state.append((index, *state))
     out.points.append({**point, "value": mean})
     if len(idx) and cnt.sum() == count:
         # Clamp with the buckets actually hit, within what was observed.
         reps = sketch.representative(idx[cnt > 0])
         part = _histogram_part(
-            point["metric_type"],
+            metric_type,
             mean,
             count,
             total,
@@ -371,14 +571,9 @@ def _map_histogram(out: Mapped, point: dict[str, Any], name: str, dp: Any, tempo
 # --- Validation and contributions ------------------------------------------------------
 
 
-def validate(mapped: Mapped, allowed_services: set[str] | None = None) -> tuple[list[Row], list[int]]:
+def validate(mapped: Mapped) -> tuple[list[Row], list[int]]:
     """Rows for the points that pass every JSON-API rule, and their indices; the rest are rejected."""
     candidates = list(range(len(mapped.points)))
-    if allowed_services:
-        denied = [i for i in candidates if mapped.points[i]["service"] not in allowed_services]
-        if denied:
-            mapped.reject(len(denied), f"this API key may not write service {mapped.points[denied[0]]['service']!r}")
-            candidates = [i for i in candidates if i not in set(denied)]
     while candidates:
         try:
             return validate_points([mapped.points[i] for i in candidates]), candidates
@@ -391,6 +586,35 @@ def validate(mapped: Mapped, allowed_services: set[str] | None = None) -> tuple[
             mapped.reject(len(bad), f"{first['field']}: {first['message']}")
             candidates = [c for pos, c in enumerate(candidates) if pos not in bad]
     return [], []
+
+
+@dataclass
+class Prepared:
+    """A request decoded, mapped and validated: what the writer thread stores."""
+
+    mapped: Mapped
+    rows: list[Row]
+    contributions: list[MinuteSummaries]
+    state: list[tuple[tuple, tuple]]
+
+
+def prepare(body: bytes, as_json: bool) -> Prepared:
+    """Decode, cap, map and validate one request body (no database access).
+
+    Raises DecodeFailed (answer 400) or TooManyPoints (answer 413).
+    """
+    message = decode(body, as_json)
+    limit = settings.TELEMETRY["INGEST_MAX_POINTS"]
+    n_points = count_data_points(message)
+    if n_points > limit:
+        raise TooManyPoints(f"Too many data points: {n_points} > {limit} (INGEST_MAX_POINTS); send smaller batches")
+    return prepare_request(message)
+
+
+def prepare_request(message: ExportMetricsServiceRequest) -> Prepared:
+    mapped = map_request(message)
+    rows, indices = validate(mapped)
+    return Prepared(mapped, rows, contributions(mapped, rows, indices), mapped.state_updates(indices))
 
 
 def contributions(mapped: Mapped, rows: list[Row], indices: list[int]) -> list[MinuteSummaries]:

@@ -4,6 +4,11 @@ Answers follow the OTLP/HTTP specification rather than the JSON API's error
 shape: success is an ExportMetricsServiceResponse (with partial_success when
 data points were rejected), failures a google.rpc.Status, both in the
 encoding of the request (protobuf or JSON).
+
+Decoding, mapping and validation happen here, before the request is queued
+(on a worker thread for big bodies, so the event loop keeps serving); the
+writer thread's job only checks the key and stores, so one expensive body
+cannot stall everyone's group commit.
 """
 
 from __future__ import annotations
@@ -11,8 +16,9 @@ from __future__ import annotations
 import zlib
 
 import orjson
+from asgiref.sync import sync_to_async
 from django.conf import settings
-from django.db import DatabaseError
+from django.db import DatabaseError, DataError, IntegrityError
 from django.http import HttpRequest, HttpResponse
 from django.views.decorators.csrf import csrf_exempt
 from google.protobuf import json_format
@@ -36,7 +42,10 @@ GRPC_CODES = {
     429: code_pb2.RESOURCE_EXHAUSTED,
     503: code_pb2.UNAVAILABLE,
 }
-RETRY_AFTER = {413: "0", 429: "1", 503: "2"}
+# Only 429 and 503 are retryable in OTLP/HTTP; a 413 must not be retried as it is.
+RETRY_AFTER = {429: "1", 503: "2"}
+# Bodies up to this size are prepared on the event loop: a worker thread hop costs more than they do.
+INLINE_BODY_BYTES = 64 * 1024
 
 
 def status_response(status: int, message: str, as_json: bool) -> HttpResponse:
@@ -84,26 +93,34 @@ def read_body(request: HttpRequest, as_json: bool) -> tuple[bytes | None, HttpRe
     return plain, None
 
 
-def _export_sync(auth: dict[str, str], body: bytes, as_json: bool):  # type: ignore[no-untyped-def]
+def _store_sync(auth: dict[str, str], prepared: otlp.Prepared, as_json: bool):  # type: ignore[no-untyped-def]
+    """The writer thread's part: check the key (per request, so revoking it takes effect at once) and store."""
     key, denied = authenticate_key(auth)
     if denied is not None:
         return status_response(denied.status_code, orjson.loads(denied.content)["error"], as_json), None
+    allowed = key.allowed_services if key is not None else set()
+    outside = sorted(prepared.mapped.services - allowed) if allowed else []
+    if outside:
+        # As the JSON API does: the whole request is refused, nothing is stored.
+        message = f"This API key may not write service {outside[0]!r} (limited to {', '.join(sorted(allowed))})"
+        return status_response(403, f"{message}; nothing was stored", as_json), None
+    if not prepared.rows:
+        return None, None
     try:
-        mapped = otlp.map_request(otlp.decode(body, as_json))
-    except otlp.DecodeFailed as exc:
-        return status_response(400, str(exc), as_json), None
-    rows, indices = otlp.validate(mapped, key.allowed_services if key is not None else None)
-    result = None
-    if rows:
-        try:
-            result = store(rows, contributions=otlp.contributions(mapped, rows, indices))
-        except ValidationErrors as exc:
-            return status_response(exc.status, exc.message, as_json), None
-    stats.inc("otlp_points_accepted", len(rows))
-    stats.inc("otlp_points_rejected", mapped.rejected)
-    stats.inc("otlp_unknown_metrics", sum(mapped.unknown.values()))
-    payload = otlp.encode_response(mapped.rejected, otlp.summary_message(mapped), as_json)
-    return HttpResponse(payload, content_type=JSON if as_json else PROTOBUF), result
+        return None, store(prepared.rows, contributions=prepared.contributions)
+    except ValidationErrors as exc:
+        return status_response(exc.status, exc.message, as_json), None
+    except (IntegrityError, DataError) as exc:
+        # The data, not the database, is at fault: retrying would fail the same way.
+        return status_response(
+            400, f"The database refused this data ({type(exc).__name__}); nothing was stored", as_json
+        ), None
+
+
+async def _prepare(body: bytes, as_json: bool) -> otlp.Prepared:
+    if len(body) <= INLINE_BODY_BYTES:
+        return otlp.prepare(body, as_json)
+    return await sync_to_async(otlp.prepare, thread_sensitive=False)(body, as_json)
 
 
 @csrf_exempt
@@ -114,16 +131,37 @@ async def export_metrics(request: HttpRequest) -> HttpResponse:
         return status_response(405, f"Method {request.method} not allowed; use POST", as_json)
     if content_type not in (PROTOBUF, JSON):
         return status_response(415, f"Content-Type must be {PROTOBUF} or {JSON}, got {content_type or 'none'!r}", True)
+    auth = credentials(request.headers)
+    if not auth:
+        # No key at all needs no database to refuse, nor any decoding work.
+        _, denied = authenticate_key(auth)
+        if denied is not None:
+            return status_response(denied.status_code, orjson.loads(denied.content)["error"], as_json)
     body, problem = read_body(request, as_json)
     if problem is not None:
         return problem
     assert body is not None
     stats.inc("otlp_requests")
     try:
-        response, result = await write(_export_sync, credentials(request.headers), body, as_json, weight=len(body))
+        prepared = await _prepare(body, as_json)
+    except otlp.DecodeFailed as exc:
+        return status_response(400, str(exc), as_json)
+    except otlp.TooManyPoints as exc:
+        return status_response(413, str(exc), as_json)
+    try:
+        refused, result = await write(_store_sync, auth, prepared, as_json, weight=len(body))
     except (DatabaseError, TimeoutError) as exc:
         stats.inc("db_unavailable")
         return status_response(503, f"Database unavailable: {type(exc).__name__}; retry shortly", as_json)
+    if refused is not None:
+        return refused
+    # Committed: only now may the cumulative state move on.
+    otlp.cumulative.update(prepared.state)
+    mapped = prepared.mapped
+    stats.inc("otlp_points_accepted", len(prepared.rows))
+    stats.inc("otlp_points_rejected", mapped.rejected)
+    stats.inc("otlp_unknown_metrics", sum(mapped.unknown.values()))
     if result is not None:
         broadcast.publish_soon(result.points, [a.to_dict() for a in result.changed])
-    return response
+    payload = otlp.encode_response(mapped.rejected, otlp.summary_message(mapped), as_json)
+    return HttpResponse(payload, content_type=JSON if as_json else PROTOBUF)

@@ -333,6 +333,10 @@ TELEMETRY: dict[str, Any] = {
     # OTLP metric name -> {"metric_type": ..., "unit": ..., "scale": ...}, merged over the
     # defaults in metrics/otlp.py (docs/send-metrics.md has the table).
     "OTLP_METRIC_MAP": envjson("OTLP_METRIC_MAP", {}),
+    # A histogram data point with more buckets is rejected (partial_success).
+    "OTLP_MAX_HISTOGRAM_BUCKETS": envint("OTLP_MAX_HISTOGRAM_BUCKETS", 256, 1),
+    # Memory for cumulative-to-delta state; least recently used series are forgotten beyond it.
+    "OTLP_CUMULATIVE_STATE_BYTES": envint("OTLP_CUMULATIVE_STATE_BYTES", 64 * 1024 * 1024, 0),
     # /ws/metrics (docs/streaming.md): coalescing interval, per-connection queue,
     # stalled-reader timeout, inbound message size and rate limits.
     "WS_FLUSH_INTERVAL_MS": envint("WS_FLUSH_INTERVAL_MS", 50, 0),

@@ -86,3 +86,20 @@ def histogram(
         dp.max = high
     dp.attributes.extend(key_values(attrs or {}))
     return metric
+
+
+def nested(depth: int, leaf: str = "x") -> AnyValue:
+    """An attribute value `depth` arrays deep around one string: [[...["x"]...]]."""
+    value = AnyValue(string_value=leaf)
+    for _ in range(depth):
+        outer = AnyValue()
+        outer.array_value.values.append(value)
+        value = outer
+    return value
+
+
+def with_attribute(metric: metrics_pb2.Metric, key: str, value: AnyValue) -> metrics_pb2.Metric:
+    kind = metric.WhichOneof("data")
+    for dp in getattr(metric, kind).data_points:
+        dp.attributes.append(KeyValue(key=key, value=value))
+    return metric

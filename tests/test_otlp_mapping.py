@@ -31,12 +31,12 @@ def _frozen_clock_and_fresh_state():
 
 
 def ingest(message) -> otlp.Mapped:
-    """The receiver's path without HTTP: map, validate, store."""
-    mapped = otlp.map_request(message)
-    rows, indices = otlp.validate(mapped)
-    if rows:
-        store(rows, contributions=otlp.contributions(mapped, rows, indices))
-    return mapped
+    """The receiver's path without HTTP: map and validate, store, then record the cumulative state."""
+    prepared = otlp.prepare_request(message)
+    if prepared.rows:
+        store(prepared.rows, contributions=prepared.contributions)
+    otlp.cumulative.update(prepared.state)
+    return prepared.mapped
 
 
 def test_it_turns_a_seconds_histogram_into_its_mean_in_milliseconds():

@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
 import gzip
 
 import orjson
 import pytest
 import time_machine
+from django.utils import timezone
 from google.protobuf import json_format
 from google.rpc import status_pb2
 from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import ExportMetricsServiceResponse
 
-from metrics import otlp
+from metrics import otlp, otlp_views
 from metrics.models import ApiKey, Point
 
 from .otlp_builders import gauge, histogram, request
@@ -160,11 +162,12 @@ def test_it_answers_405_to_other_methods(client):
     assert response["Allow"] == "POST"
 
 
-def test_it_answers_413_with_retry_after_for_big_bodies_and_gzip_bombs(client, telemetry):
+def test_it_answers_413_without_retry_after_for_big_bodies_and_gzip_bombs(client, telemetry):
+    # OTLP/HTTP retries only 429, 502, 503 and 504: a 413 must not invite a retry of the same body.
     telemetry(INGEST_MAX_BODY_BYTES=2048)
     big = post(client, b"\x00" * 4096)
     assert big.status_code == 413
-    assert big["Retry-After"] == "0"
+    assert "Retry-After" not in big
     bomb = post(client, gzip.compress(b"\x00" * 100_000), **{"Content-Encoding": "gzip"})
     assert bomb.status_code == 413
     assert "Decompressed" in status_of(bomb).message
@@ -191,16 +194,21 @@ def test_it_answers_401_without_a_valid_key_when_keys_are_required(client, telem
     assert Point.objects.count() == 1
 
 
-def test_a_service_scoped_key_rejects_other_services_as_partial_success(client, telemetry):
+def test_a_service_scoped_key_is_refused_403_for_another_service_and_nothing_is_stored(client, telemetry):
     telemetry(REQUIRE_API_KEY=True)
     _, raw = ApiKey.generate("collector", services="api")
     message = request("api", gauge("system.cpu.utilization", "1", 0.1, NOW))
     message.resource_metrics.extend(cpu_request(service="db").resource_metrics)
     response = post(client, message.SerializeToString(), **{"X-API-Key": raw})
-    assert response.status_code == 200
-    answer = ExportMetricsServiceResponse.FromString(response.content)
-    assert answer.partial_success.rejected_data_points == 1
-    assert "'db'" in answer.partial_success.error_message
+    assert response.status_code == 403
+    status = status_of(response)
+    assert status.code == 7  # PERMISSION_DENIED
+    assert "'db'" in status.message
+    assert Point.objects.count() == 0
+    own = post(
+        client, request("api", gauge("system.cpu.utilization", "1", 0.1, NOW)).SerializeToString(), **{"X-API-Key": raw}
+    )
+    assert own.status_code == 200
     assert list(Point.objects.values_list("service", flat=True)) == ["api"]
 
 
@@ -211,3 +219,56 @@ def test_a_breaching_histogram_opens_an_alert(client):
     assert [(a["service"], a["metric_type"], a["severity"], a["value"]) for a in alerts] == [
         ("api", "latency", "critical", 1500.0)
     ]
+
+
+def test_the_request_is_mapped_before_it_is_queued_and_the_writer_only_checks_the_key_and_stores(client, monkeypatch):
+    events: list[str] = []
+
+    def spy(name, func):
+        def wrapped(*args, **kwargs):
+            events.append(name)
+            return func(*args, **kwargs)
+
+        return wrapped
+
+    monkeypatch.setattr(otlp, "map_request", spy("map", otlp.map_request))
+    monkeypatch.setattr(otlp_views, "authenticate_key", spy("key", otlp_views.authenticate_key))
+    monkeypatch.setattr(otlp_views, "store", spy("store", otlp_views.store))
+    real_write = otlp_views.write
+
+    async def write(func, *args, weight):
+        events.append("queued")
+        return await real_write(func, *args, weight=weight)
+
+    monkeypatch.setattr(otlp_views, "write", write)
+    _, raw = ApiKey.generate("collector")
+    assert post(client, cpu_request().SerializeToString(), **{"X-API-Key": raw}).status_code == 200
+    assert events == ["map", "queued", "key", "store"]
+
+
+@pytest.mark.parametrize(("padding", "on_event_loop"), [(0, True), (otlp_views.INLINE_BODY_BYTES, False)])
+def test_big_bodies_are_prepared_on_a_worker_thread_not_the_event_loop(client, monkeypatch, padding, on_event_loop):
+    seen: list[bool] = []
+    real_prepare = otlp.prepare
+
+    def prepare(body, as_json):
+        try:
+            asyncio.get_running_loop()
+            seen.append(True)
+        except RuntimeError:
+            seen.append(False)
+        return real_prepare(body, as_json)
+
+    monkeypatch.setattr(otlp, "prepare", prepare)
+    message = cpu_request()
+    message.resource_metrics[0].scope_metrics[0].metrics[0].description = "x" * padding
+    assert post(client, message.SerializeToString()).status_code == 200
+    assert seen == [on_event_loop]
+
+
+def test_a_revoked_key_is_refused_on_the_next_request(client, telemetry):
+    telemetry(REQUIRE_API_KEY=True)
+    key, raw = ApiKey.generate("collector")
+    assert post(client, cpu_request().SerializeToString(), **{"X-API-Key": raw}).status_code == 200
+    ApiKey.objects.filter(pk=key.pk).update(revoked_at=timezone.now())
+    assert post(client, cpu_request().SerializeToString(), **{"X-API-Key": raw}).status_code == 401

@@ -9,8 +9,12 @@ from __future__ import annotations
 
 import math
 import random
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
+
+from .validation import Row
 
 DEMO_SERVICES = ("auth", "api", "database", "cache", "queue")
 
@@ -37,6 +41,10 @@ class DemoSource:
     incident_probability: float = 1 / 900  # per service per second: about one every 15 minutes
     rng: random.Random = field(default_factory=random.Random)
     incidents: dict[str, Incident] = field(default_factory=dict)
+
+    def rows_at(self, when: datetime) -> list[Row]:
+        """points_at as validated rows: the generator's own values are in range by construction."""
+        return [Row(when, p["service"], p["metric_type"], p["value"], p["tags"]) for p in self.points_at(when)]
 
     def points_at(self, when: datetime) -> list[dict]:
         t = when.timestamp()
@@ -85,3 +93,86 @@ class DemoSource:
                     }
                 )
         return out
+
+
+# --- History --------------------------------------------------------------------
+
+BATCH_POINTS = 20_000
+
+
+@dataclass
+class FillReport:
+    points: int = 0  # points stored through the ingestion path
+    history_points: int = 0  # of them, older than the raw retention: kept only as rollups
+    alerts: int = 0  # alerts the history opened
+    seconds: float = 0.0
+    stopped: bool = False
+
+
+def database_is_empty() -> bool:
+    """No raw points and no rollups: a first start."""
+    from .models import Point, Rollup
+
+    return not Point.objects.exists() and not Rollup.objects.exists()
+
+
+def fill_history(
+    source: DemoSource,
+    start: datetime,
+    end: datetime,
+    step: int,
+    progress: Callable[[int, int], None] | None = None,
+    stopping: Callable[[], bool] = lambda: False,
+) -> FillReport:
+    """Samples in [start, end) stored through `store()` in large batches, then rolled up and pruned.
+
+    Samples come every `step` seconds within the raw retention and once a
+    minute before it: that part survives only as per-minute rollups, which is
+    all a server that had run all along would keep. Each batch is one
+    transaction with alerts evaluated on the points' own timestamps; completed
+    minutes are rolled up after every batch, and a final prune removes the raw
+    points past the retention. Meant for a database without newer data, so
+    that alerts see the points in time order.
+    """
+    from . import retention, rollups
+    from .ingest import store
+    from .models import Alert
+
+    began = time.perf_counter()
+    report = FillReport()
+    alerts_before = Alert.objects.count()
+    raw_cutoff, rollup_cutoff, _ = retention.cutoffs(end)
+    # Nothing older than the rollup retention: the final prune would drop it at once.
+    first = max(int(start.timestamp()) // 60 * 60, -(-int(rollup_cutoff.timestamp()) // 60) * 60)
+    last = int(end.timestamp())
+    raw_from = int(raw_cutoff.timestamp()) // 60 * 60  # prune keeps raw minutes from here
+    points_per_sample = len(source.services) * len(PROFILES["api"])
+    samples_per_batch = max(1, BATCH_POINTS // points_per_sample)
+    segments = [(first, min(raw_from, last), max(step, 60)), (max(first, raw_from), last, step)]
+    for seg_start, seg_end, seg_step in segments:
+        batch_start = seg_start
+        while batch_start < seg_end and not report.stopped:
+            if stopping():
+                report.stopped = True
+                break
+            # Batches end on whole minutes, so a minute rolled up after one
+            # batch gets no later points from the next.
+            batch_end = min(batch_start + max(60, samples_per_batch * seg_step // 60 * 60), seg_end)
+            times = range(batch_start, batch_end, seg_step)
+            store([row for t in times for row in source.rows_at(_at(t))], now=_at(batch_end))
+            rollups.roll_up(now=_at(batch_end), chunk=timedelta(hours=6))
+            report.points += len(times) * points_per_sample
+            if seg_end <= raw_from:
+                report.history_points += len(times) * points_per_sample
+            batch_start = batch_end
+            if progress:
+                progress(batch_end - first, last - first)
+    if not report.stopped:
+        retention.prune()
+    report.alerts = Alert.objects.count() - alerts_before
+    report.seconds = time.perf_counter() - began
+    return report
+
+
+def _at(epoch: int) -> datetime:
+    return datetime.fromtimestamp(epoch, tz=UTC)

@@ -6,6 +6,9 @@ Lifecycle per (service, metric_type) series:
 - it resolves once the series has been healthy for ALERT_RESOLVE_POINTS
   consecutive points and ALERT_RESOLVE_SECONDS since the last breach
   (hysteresis, so a flapping series does not page twice a minute);
+- every time is a point's own timestamp, never the time of processing: an
+  alert starts at its first breaching point and resolves at the point that
+  completes the hysteresis, so history ingested late reads as it happened;
 - a breach after that opens a new alert. Resolved alerts stay as history.
 """
 
@@ -268,10 +271,12 @@ def _apply_series(
                 changed.append(alert)
                 dirty = False
             else:
-                alert.latest_value = row.value
                 alert.breach_count += 1
-                alert.healthy_count = 0
+                # A late breach (older than the last one) neither is the latest
+                # value nor undoes the healthy points counted since that last one.
                 if row.timestamp > alert.last_breach_at:
+                    alert.latest_value = row.value
+                    alert.healthy_count = 0
                     alert.last_breach_at = row.timestamp
                 if severity == Alert.CRITICAL and alert.severity == Alert.WARNING:
                     alert.severity = Alert.CRITICAL
@@ -282,6 +287,10 @@ def _apply_series(
                 dirty = True
             breached = alert
         elif alert is not None:
+            if row.timestamp <= alert.last_breach_at:
+                # Hysteresis runs on point time: a late healthy point from
+                # before the last breach says nothing about recovery since.
+                continue
             alert.latest_value = row.value
             alert.healthy_count += 1
             dirty = True

@@ -1,6 +1,9 @@
 """`make run`: serve the ASGI app with daphne and feed it with the demo generator.
 
-Ctrl-C (or SIGTERM) stops both; if either exits, the other is stopped too.
+On an empty database it first fills demo history (DEMO_HISTORY_HOURS, default
+7 days, one sample every DEMO_HISTORY_STEP = 60 s) so every time range shows
+something. Ctrl-C (or SIGTERM) stops both; if either exits, the other is
+stopped too.
 """
 
 from __future__ import annotations
@@ -27,12 +30,42 @@ def wait_healthy(url: str, timeout: float = 30.0) -> bool:
     return False
 
 
+def fill_history(env: dict[str, str]) -> bool:
+    """First start only (--if-empty): history in process, before the server and live stream start.
+
+    Before, not alongside: alerts are evaluated in point order, and live points
+    interleaved with hours-old ones would resolve history's alerts at live times.
+    Returns False when Ctrl-C/SIGTERM stopped it (the generator finishes its batch).
+    """
+    hours = env.get("DEMO_HISTORY_HOURS", "168")
+    if env.get("DEMO", "1") == "0" or float(hours) <= 0:
+        return True
+    step = env.get("DEMO_HISTORY_STEP", "60")
+    command = ["manage.py", "generate_metrics", "--backfill", hours, "--step", step, "--if-empty", "--no-stream"]
+    interrupted = []
+    child = subprocess.Popen([sys.executable, *command], cwd=ROOT, env=env)
+
+    def stop(signum: int, frame: object) -> None:
+        interrupted.append(signum)
+        child.send_signal(signal.SIGTERM)
+
+    previous = {s: signal.signal(s, stop) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        child.wait()
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+    return not interrupted
+
+
 def main() -> int:
     port = os.environ.get("PORT", "8000")
     host = os.environ.get("HOST", "0.0.0.0")
     env = dict(os.environ)
     env.setdefault("DEBUG", "1")
     url = f"http://127.0.0.1:{port}"
+    if not fill_history(env):
+        return 0
     server = subprocess.Popen(
         [sys.executable, "-m", "daphne", "-b", host, "-p", port, "telemetry_project.asgi:application"],
         cwd=ROOT,

@@ -8,6 +8,7 @@ from io import StringIO
 
 import httpx
 import pytest
+import time_machine
 from django.core.management import CommandError, call_command
 
 from metrics.demo import DEMO_SERVICES, DemoSource
@@ -48,16 +49,58 @@ def test_backfill_writes_history_and_rolls_it_up():
     assert Rollup.objects.filter(service="api").count() >= 4 * 5
 
 
-def test_backfill_beyond_the_raw_retention_goes_straight_to_rollups(telemetry):
+def test_backfill_beyond_the_raw_retention_is_kept_as_rollups(telemetry):
     telemetry(RAW_RETENTION_HOURS=1)
     output = run(backfill=1.5, duration=0.1, rate=5, services="api", seed=4)
     now = datetime.now(UTC)
-    assert not Point.objects.filter(timestamp__lt=now - timedelta(hours=1)).exists()
+    assert not Point.objects.filter(timestamp__lt=now - timedelta(hours=1, minutes=1)).exists()
     old = Rollup.objects.filter(minute__lt=now - timedelta(hours=1, minutes=2))
     assert old.count() >= 25 * 5
     counts = list(old.filter(metric_type="latency").order_by("minute").values_list("count", flat=True))
-    assert set(counts[1:]) == {6}  # six 10-second samples a minute (the first minute may be partial)
+    assert set(counts) == {1}  # history past the raw retention: one sample a minute
+    # First seen is the first sample's time, though only a rollup holds it now.
+    assert Service.objects.get(name="api").first_seen == Rollup.objects.earliest("minute").minute
+    recent = Rollup.objects.filter(metric_type="latency", minute__gte=now - timedelta(minutes=50))
+    assert set(recent.exclude(minute__gte=now - timedelta(minutes=2)).values_list("count", flat=True)) == {6}
     assert "rolled up as history" in output
+
+
+@time_machine.travel(datetime(2026, 3, 9, 12, 0, 30, tzinfo=UTC), tick=False)
+def test_a_week_of_history_fills_every_range_and_first_seen_goes_back_a_week(client):
+    output = run(backfill=168, step=60, no_stream=True, services="api", seed=8)
+    now = datetime(2026, 3, 9, 12, 0, 30, tzinfo=UTC)
+    week_ago = now - timedelta(days=7)
+    # Raw points for the retention's 24 h, rollups for every minute of the week.
+    assert Point.objects.earliest("timestamp").timestamp == datetime(2026, 3, 8, 12, 0, tzinfo=UTC)
+    # (The week's first minute would be past the rollup retention: it starts at the next.)
+    first_minute = week_ago.replace(second=0) + timedelta(minutes=1)
+    assert Rollup.objects.earliest("minute").minute == first_minute
+    assert Rollup.objects.filter(metric_type="cpu").count() == 7 * 24 * 60 - 1  # the current minute is not over
+    # First seen is the first point's time, though only rollups hold it now.
+    assert Service.objects.get(name="api").first_seen == first_minute
+    assert "First seen 2026-03-02 12:01 UTC" in client.get("/services/api/").content.decode()
+    # Alerts of the week, each at its own points' times.
+    alerts = list(Alert.objects.all())
+    assert alerts and all(a.state == "resolved" for a in alerts)
+    assert min(a.started_at for a in alerts) < now - timedelta(days=2)
+    assert all(a.last_breach_at < a.resolved_at <= a.last_breach_at + timedelta(minutes=5) for a in alerts)
+    assert "for more or denser history" in output and "--backfill HOURS" in output
+    assert "generate_metrics: sent" in output
+
+
+def test_backfill_if_empty_fills_a_first_start_only():
+    run(backfill=0.05, no_stream=True, if_empty=True, services="api", seed=9)
+    stored = Point.objects.count()
+    assert stored > 0
+    output = run(backfill=0.05, no_stream=True, if_empty=True, services="api", seed=9)
+    assert "skipped" in output and Point.objects.count() == stored
+
+
+@pytest.mark.parametrize("step", [0, 7, 90])
+def test_it_refuses_a_step_that_does_not_fit_minutes(step):
+    with pytest.raises(CommandError, match="--step"):
+        run(backfill=1, step=step, no_stream=True)
+    assert Point.objects.count() == 0
 
 
 def test_it_refuses_bad_options():

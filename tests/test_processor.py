@@ -147,6 +147,43 @@ def test_points_of_a_batch_are_applied_in_timestamp_order(resolve_after):
     assert Alert.objects.get().state == "resolved"
 
 
+def test_late_healthy_points_from_before_the_last_breach_do_not_count_toward_resolution(resolve_after):
+    resolve_after(points=3, seconds=30)
+    evaluate([row(600, at=100)])
+    # History arriving after the breach, dated before it: no recovery since.
+    evaluate([row(100, at=70), row(100, at=80), row(100, at=90)])
+    alert = Alert.objects.get()
+    assert (alert.healthy_count, alert.latest_value) == (0, 600)
+    evaluate([row(100, at=140)])
+    assert Alert.objects.get().state == "firing"  # one healthy point since the breach, not four
+    evaluate([row(100, at=141), row(100, at=142)])
+    alert = Alert.objects.get()
+    assert alert.state == "resolved" and alert.resolved_at == T0 + timedelta(seconds=142)
+
+
+def test_a_late_breach_keeps_the_newer_value_and_the_healthy_count(resolve_after):
+    resolve_after(points=2, seconds=0)
+    evaluate([row(600, at=0), row(700, at=10), row(100, at=20)])
+    evaluate([row(650, at=5)])  # late: older than the last breach at t=10
+    alert = Alert.objects.get()
+    assert (alert.breach_count, alert.latest_value, alert.healthy_count) == (3, 100, 1)
+    assert alert.last_breach_at == T0 + timedelta(seconds=10)
+    evaluate([row(100, at=21)])
+    alert = Alert.objects.get()
+    assert alert.state == "resolved" and alert.resolved_at == T0 + timedelta(seconds=21)
+
+
+def test_alert_times_are_the_points_times_not_the_processing_time(resolve_after):
+    """History ingested today reads as it happened: started and resolved at its points' timestamps."""
+    resolve_after(points=3, seconds=30)
+    hours_ago = [row(1500, at=0), row(1200, at=10)] + [row(100, at=20 + 10 * n) for n in range(4)]
+    evaluate(hours_ago)
+    alert = Alert.objects.get()
+    assert alert.started_at == T0
+    assert alert.last_breach_at == T0 + timedelta(seconds=10)
+    assert alert.resolved_at == T0 + timedelta(seconds=40)  # third healthy point, 30 s after the last breach
+
+
 def test_there_is_at_most_one_firing_alert_per_series():
     evaluate([row(600, at=0), row(1200, at=1, service="auth"), row(90, at=1, metric_type="cpu")])
     evaluate([row(700, at=2), row(96, at=3, metric_type="cpu")])

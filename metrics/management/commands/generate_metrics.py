@@ -7,14 +7,12 @@ import urllib.request
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-import numpy as np
 import orjson
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
-from django.db import transaction
 
-from metrics import broadcast, rollups
-from metrics.demo import DEMO_SERVICES, DemoSource
+from metrics import broadcast
+from metrics.demo import DEMO_SERVICES, DemoSource, database_is_empty, fill_history
 from metrics.ingest import store
 from metrics.validation import SERVICE_RE, ValidationErrors, validate_points
 
@@ -28,7 +26,19 @@ class Command(BaseCommand):
         )
         parser.add_argument("--duration", type=float, default=0, help="Seconds to run; 0 = until interrupted.")
         parser.add_argument("--services", default=",".join(DEMO_SERVICES), help="Comma-separated service names.")
-        parser.add_argument("--backfill", type=float, default=0, help="First write this many hours of history, fast.")
+        parser.add_argument(
+            "--backfill",
+            type=float,
+            default=0,
+            help="First write this many hours of history, in process (also with --url), in large batches.",
+        )
+        parser.add_argument(
+            "--step", type=int, default=10, help="Seconds between backfill samples (divides 60 or a multiple of 60)."
+        )
+        parser.add_argument(
+            "--if-empty", action="store_true", help="Backfill only when the database holds no points and no rollups."
+        )
+        parser.add_argument("--no-stream", action="store_true", help="Stop after the backfill.")
         parser.add_argument(
             "--url", default="", help="Post to this server (e.g. http://localhost:8000) instead of writing in process."
         )
@@ -42,6 +52,9 @@ class Command(BaseCommand):
             raise CommandError(f"--services: names are 1-64 characters of [A-Za-z0-9_.-], got {bad or 'none'}")
         if options["rate"] <= 0:
             raise CommandError("--rate must be positive")
+        step = options["step"]
+        if step <= 0 or (60 % step and step % 60):
+            raise CommandError("--step must divide 60 (1, 2, 5, 10, 30...) or be a multiple of 60")
         self.source = DemoSource(services=services)
         if options["seed"] is not None:
             self.source.rng.seed(options["seed"])
@@ -53,8 +66,11 @@ class Command(BaseCommand):
         previous = {s: signal.signal(s, self._stop) for s in (signal.SIGTERM, signal.SIGINT)}
         try:
             if options["backfill"] > 0:
-                self.backfill(options["backfill"])
-            if not self.stopping:
+                if options["if_empty"] and not database_is_empty():
+                    self.stdout.write("backfill: skipped, the database already holds history")
+                else:
+                    self.backfill(options["backfill"], step)
+            if not self.stopping and not options["no_stream"]:
                 self.stream(options["rate"], options["duration"])
         finally:
             for s, handler in previous.items():
@@ -92,76 +108,42 @@ class Command(BaseCommand):
             broadcast.publish_soon(points_out, [dict(a.to_dict()) for a in result.changed])
         self.sent += len(points)
 
-    def backfill(self, hours: float) -> None:
-        """History, fast: one sample every 10 s through the ingestion path.
-
-        Samples older than the raw retention cannot be ingested as points (they
-        would be pruned at once); in process they are rolled up straight into
-        per-minute rollups, which is all a long-running server keeps of them.
-        Over --url they are skipped.
-        """
-        now = datetime.now(UTC).replace(microsecond=0)
-        start = now - timedelta(hours=hours) + timedelta(seconds=60)
-        start -= timedelta(seconds=start.second % 10)  # samples on :00, :10 ... :50
-        # A minute of margin so no sample crosses the retention line while in flight.
-        raw_floor = now - timedelta(hours=settings.TELEMETRY["RAW_RETENTION_HOURS"]) + timedelta(minutes=1)
-        raw_floor = raw_floor.replace(second=0)
-        if self.url and start < raw_floor:
-            self.stderr.write(
-                f"--url: history older than the raw retention is skipped; starting at {raw_floor.isoformat()}"
-            )
-            start = raw_floor
-        total = int((now - start).total_seconds() // 10)
-        batch: list[dict] = []
-        history: list[dict] = []
-        for i in range(total):
-            if self.stopping:
-                break
-            when = start + timedelta(seconds=10 * i)
-            points = self.source.points_at(when)
-            if when < raw_floor:
-                history.extend(points)
-                if len(history) >= 9000 and when.second == 50:  # whole minutes per write
-                    self.store_history(history)
-                    history = []
-                    self._progress(i + 1, total)
-                continue
-            if history:
-                self.store_history(history)
-                history = []
-            batch.extend(points)
-            if len(batch) >= 2000:
-                self.send(batch)
-                batch = []
-                self._progress(i + 1, total)
-        if history and not self.stopping:
-            self.store_history(history)
-        if batch and not self.stopping:
-            self.send(batch)
-        self._progress(total, total)
-        self.stderr.write("")
-        if not self.url:
-            # Roll the history up now rather than at the scheduler's next pass, so
-            # long-range charts are complete as soon as the command returns.
-            rollups.roll_up()
-
-    def store_history(self, points: list[dict]) -> None:
-        stamps = np.array([datetime.fromisoformat(p["timestamp"]).timestamp() for p in points])
-        summaries = rollups.summarise(
-            np.array([p["service"] for p in points], dtype=object),
-            np.array([p["metric_type"] for p in points], dtype=object),
-            stamps,
-            np.array([p["value"] for p in points], dtype=np.float64),
+    def backfill(self, hours: float, step: int) -> None:
+        """History in process through `store()`, whatever --url says: HTTP per point was the slow part."""
+        end = datetime.now(UTC).replace(microsecond=0)
+        self.bar_started = time.monotonic()
+        report = fill_history(
+            self.source,
+            end - timedelta(hours=hours),
+            end,
+            step,
+            progress=self._progress,
+            stopping=lambda: self.stopping,
         )
-        with transaction.atomic():
-            rollups._upsert(summaries)
-        self.sent += len(points)
-        self.history_points += len(points)
+        self.stderr.write("")
+        self.sent += report.points
+        self.history_points += report.history_points
+        self.stdout.write(
+            f"backfill: {report.points} points over {hours:g} h in {report.seconds:.1f} s "
+            f"({report.history_points} older than the raw retention kept as rollups, {report.alerts} alerts)"
+        )
+        days = settings.TELEMETRY["ROLLUP_RETENTION_DAYS"]
+        self.stdout.write(
+            "backfill: for more or denser history, start from an empty database and run "
+            f"`manage.py generate_metrics --backfill HOURS --step SECONDS --no-stream` (charts keep {days:g} days; "
+            "--step 10 samples the raw part every 10 s)"
+        )
 
     def _progress(self, done: int, total: int) -> None:
         width = 30
         filled = int(width * done / max(total, 1))
-        self.stderr.write(f"\rbackfill [{'#' * filled}{'.' * (width - filled)}] {done}/{total}", ending="")
+        elapsed = time.monotonic() - self.bar_started
+        left = f", {elapsed * (total - done) / done:.0f} s left" if done else ""
+        self.stderr.write(
+            f"\rbackfill [{'#' * filled}{'.' * (width - filled)}] {100 * done // max(total, 1)}% "
+            f"({done / 3600:.1f} of {total / 3600:.1f} h{left})   ",
+            ending="",
+        )
         self.stderr.flush()
 
     def stream(self, rate: float, duration: float) -> None:

@@ -23,6 +23,7 @@ from django.http import HttpRequest, HttpResponse
 
 from metrics import query, rollups, sketch
 from metrics.access import dashboard_data_access
+from metrics.alerts.anomaly import expected_band
 from metrics.http import FastJsonResponse, error, require_methods
 from metrics.models import METRIC_TYPES, Alert
 from metrics.processor import rules
@@ -212,7 +213,16 @@ def _answer(request: HttpRequest, build: Any) -> HttpResponse:
 @require_methods("GET")
 @dashboard_data_access
 def percentiles_view(request: HttpRequest) -> HttpResponse:
-    return _answer(request, lambda s, m: pooled_percentiles(spec_for(s, m), s.now))
+    return _answer(request, lambda s, m: with_band(s, m, pooled_percentiles(spec_for(s, m), s.now)))
+
+
+def with_band(selection: sel.Selection, metric_type: str, body: dict[str, Any]) -> dict[str, Any]:
+    """One service's chart also gets the anomaly baseline's expected band (docs/alerts.md)."""
+    if len(selection.services) == 1:
+        body["expected"] = expected_band(
+            selection.services[0], metric_type, selection.start, selection.end, body["bucket_seconds"]
+        )
+    return body
 
 
 @require_methods("GET")

@@ -29,13 +29,14 @@ class AlertAdmin(admin.ModelAdmin):
         "started_at",
         "service",
         "metric_type",
+        "kind",
         "severity",
         "state",
         "value",
         "latest_value",
         "acknowledged_by",
     )
-    list_filter = ("state", "severity", "service", "metric_type")
+    list_filter = ("state", "kind", "severity", "service", "metric_type")
     date_hierarchy = "started_at"
     actions = ["acknowledge", "resolve"]
 
@@ -68,8 +69,8 @@ class RollupAdmin(admin.ModelAdmin):
 
 @admin.register(AlertRule)
 class AlertRuleAdmin(admin.ModelAdmin):
-    list_display = ("metric_type", "service", "warning", "critical", "direction", "enabled")
-    list_filter = ("metric_type", "direction", "enabled")
+    list_display = ("metric_type", "service", "warning", "critical", "direction", "enabled", "anomaly")
+    list_filter = ("metric_type", "direction", "enabled", "anomaly")
     list_editable = ("warning", "critical", "enabled")
 
 

@@ -189,7 +189,13 @@ class AlertRule(models.Model):
     warning = models.FloatField()
     critical = models.FloatField()
     direction = models.CharField(max_length=5, choices=DIRECTION_CHOICES, default=ABOVE)
-    enabled = models.BooleanField(default=True)
+    enabled = models.BooleanField(default=True, help_text="Threshold alerts for this scope.")
+    # Anomaly detection (metrics/alerts/anomaly.py), independent of `enabled`.
+    anomaly = models.BooleanField(default=False, help_text="Also alert when a value is unusual for its series.")
+    anomaly_k = models.FloatField(default=5.0, help_text="Robust z-score beyond which a minute is anomalous.")
+    anomaly_minutes = models.PositiveSmallIntegerField(
+        default=3, help_text="Consecutive anomalous minutes before an anomaly alert opens."
+    )
 
     class Meta:
         constraints = [
@@ -204,6 +210,7 @@ class AlertRule(models.Model):
 
 class AlertDict(TypedDict):
     id: int
+    kind: str
     timestamp: str | None
     service: str
     metric_type: str
@@ -234,7 +241,11 @@ class Alert(models.Model):
     FIRING = "firing"
     RESOLVED = "resolved"
     STATE_CHOICES = [(FIRING, "firing"), (RESOLVED, "resolved")]
+    THRESHOLD = "threshold"
+    ANOMALY = "anomaly"
+    KIND_CHOICES = [(THRESHOLD, "threshold"), (ANOMALY, "anomaly")]
 
+    kind = models.CharField(max_length=9, choices=KIND_CHOICES, default=THRESHOLD)
     service = models.CharField(max_length=64)
     metric_type = models.CharField(max_length=16, choices=METRIC_TYPE_CHOICES)
     severity = models.CharField(max_length=8, choices=SEVERITY_CHOICES)
@@ -256,12 +267,13 @@ class Alert(models.Model):
 
     class Meta:
         constraints = [
-            # At most one firing alert per series, enforced by the database so two
-            # server instances racing on the same breach cannot open duplicates.
+            # At most one firing alert per series and kind, enforced by the database
+            # so two server instances racing on the same breach cannot open
+            # duplicates; a threshold and an anomaly alert may fire together.
             models.UniqueConstraint(
-                fields=["service", "metric_type"],
+                fields=["service", "metric_type", "kind"],
                 condition=Q(state="firing"),
-                name="alert_one_firing_per_series",
+                name="alert_one_firing_per_series_kind",
             ),
         ]
         indexes = [
@@ -278,6 +290,7 @@ class Alert(models.Model):
     def to_dict(self) -> AlertDict:
         return {
             "id": self.pk,
+            "kind": self.kind,
             "timestamp": iso(self.last_breach_at if self.state == self.FIRING else self.resolved_at),
             "service": self.service,
             "metric_type": self.metric_type,

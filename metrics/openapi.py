@@ -103,6 +103,11 @@ SCHEMAS: dict[str, Any] = {
     "Alert": obj(
         {
             "id": {"type": "integer"},
+            "kind": {
+                "type": "string",
+                "enum": ["threshold", "anomaly"],
+                "description": "threshold: a value past a fixed line; anomaly: unusual for its series (docs/alerts.md).",
+            },
             "timestamp": nullable(TIMESTAMP),
             "service": STRING,
             "metric_type": METRIC_TYPE,

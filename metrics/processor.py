@@ -168,7 +168,7 @@ def evaluate(rows: Iterable[Row]) -> AlertOutcome:
         # The common case (healthy points, nothing firing) costs one indexed
         # plain-SQL probe instead of an ORM query with row locks.
         return outcome
-    firing_qs = Alert.objects.firing().filter(service__in=services)
+    firing_qs = Alert.objects.firing().filter(kind=Alert.THRESHOLD, service__in=services)
     # Row locks serialise two instances updating the same alert (PostgreSQL);
     # SQLite's IMMEDIATE transactions already serialise writers.
     firing = {(a.service, a.metric_type): a for a in firing_qs.select_for_update().order_by("id")}
@@ -237,10 +237,10 @@ def _save_alerts(alerts: list[Alert]) -> None:
 def _any_firing(services: set[str]) -> bool:
     marks = ",".join(["%s"] * len(services))
     with connection.cursor() as cur:
-        # Served by the partial unique index alert_one_firing_per_series.
+        # Served by the partial unique index alert_one_firing_per_series_kind.
         cur.execute(
-            f"SELECT 1 FROM metrics_alert WHERE state = %s AND service IN ({marks}) LIMIT 1",
-            [Alert.FIRING, *sorted(services)],
+            f"SELECT 1 FROM metrics_alert WHERE state = %s AND kind = %s AND service IN ({marks}) LIMIT 1",
+            [Alert.FIRING, Alert.THRESHOLD, *sorted(services)],
         )
         return cur.fetchone() is not None
 
@@ -328,7 +328,11 @@ def _open(service: str, metric_type: str, severity: str, row: Row, threshold: Th
             return Alert.objects.create(service=service, metric_type=metric_type, **fields)
     except IntegrityError:
         # Another instance opened it between our read and our insert: join it.
-        alert = Alert.objects.firing().select_for_update().get(service=service, metric_type=metric_type)
+        alert = (
+            Alert.objects.firing()
+            .select_for_update()
+            .get(kind=Alert.THRESHOLD, service=service, metric_type=metric_type)
+        )
         alert.latest_value = row.value
         alert.breach_count += 1
         alert.healthy_count = 0

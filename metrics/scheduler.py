@@ -42,6 +42,7 @@ class Scheduler:
     def tick(self, now_monotonic: float | None = None) -> None:
         """One scheduling pass: run whatever is due."""
         from . import retention, rollups
+        from .alerts import anomaly
 
         conf = settings.TELEMETRY
         now = time.monotonic() if now_monotonic is None else now_monotonic
@@ -53,6 +54,7 @@ class Scheduler:
         elif self.last_rollup is None or now - self.last_rollup >= conf["ROLLUP_INTERVAL_SECONDS"]:
             rollups.roll_up()
             self.last_rollup = now
+            anomaly.evaluate()  # scores the minutes just rolled up (a no-op until a new one is)
 
     def _run(self) -> None:
         while not self.stop_event.is_set():

@@ -54,6 +54,7 @@ def test_alerts_are_newest_first_with_every_field(client, history):
     first = rows[0]
     assert first == {
         "id": history[3].pk,
+        "kind": "threshold",
         "timestamp": "2026-11-28T12:03:30Z",
         "service": "db",
         "metric_type": "latency",

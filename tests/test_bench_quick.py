@@ -27,6 +27,8 @@ EXPECTED = {
     "5_ws_fanout",
     "6_prune",
     "7_dashboard",
+    "8_anomaly_quality",
+    "9_anomaly_cost",
 }
 
 pytestmark = [pytest.mark.live, pytest.mark.slow]

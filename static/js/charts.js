@@ -110,8 +110,11 @@
         },
       },
       plugins: {
-        legend: { display: state.kind !== "compare", labels: { color: "#e6edf3", boxWidth: 12 } },
-        tooltip: { callbacks: { label: function (c) { return c.dataset.label + ": " + format(state.metric, c.parsed.y); } } },
+        legend: {
+          display: state.kind !== "compare",
+          labels: { color: "#e6edf3", boxWidth: 12, filter: function (item) { return item.text !== ""; } },
+        },
+        tooltip: { filter: function (item) { return item.dataset.key !== "expected_lo"; }, callbacks: { label: function (c) { return c.dataset.label + ": " + format(state.metric, c.parsed.y); } } },
         decimation: { enabled: state.kind !== "compare", algorithm: "lttb", samples: 300, threshold: 400 },
         alertMarks: { marks: [] },
         thresholdLines: { thresholds: null, metric: state.metric },
@@ -158,6 +161,16 @@
     };
   }
 
+  /* The anomaly baseline's expected band (median +- k MAD), filled behind the lines. */
+  function bandDatasets(band) {
+    var label = "expected (" + band.statistic + ", k=" + band.k + ")";
+    var common = { borderWidth: 0, pointRadius: 0, tension: 0, spanGaps: false, order: 10 };
+    return [
+      Object.assign({ key: "expected_hi", label: label, data: band.data, fill: "+1", backgroundColor: "rgba(139,152,169,0.18)" }, common),
+      Object.assign({ key: "expected_lo", label: "", data: band.data.map(function (p) { return { x: p.x, y: p.lo }; }), fill: false }, common),
+    ];
+  }
+
   function load(state) {
     return fetch(state.url, { headers: { Accept: "application/json" }, credentials: "same-origin" })
       .then(function (r) {
@@ -189,6 +202,7 @@
       (body.bars || []).forEach(function (b) { state.bars.set(b.service, { sum: b.sum, count: b.count }); });
     } else {
       chart.data.datasets = body.datasets.map(function (d) { return lineDataset(d.key, d.label, d.data, state.kind); });
+      if (body.expected) chart.data.datasets.unshift.apply(chart.data.datasets, bandDatasets(body.expected));
       state.lastServerX = 0;
       body.datasets.forEach(function (d) {
         if (d.data.length) state.lastServerX = Math.max(state.lastServerX, d.data[d.data.length - 1].x);
@@ -357,7 +371,7 @@
       return;
     }
     state.chart.data.datasets.forEach(function (d) {
-      if (!d.data.length) return;
+      if (!d.data.length || !d.label) return;
       var ys = d.data.map(function (p) { return p.y; });
       var last = d.data[d.data.length - 1];
       rows.push([d.label, format(state.metric, last.y), new Date(last.x).toISOString().slice(11, 19) + " UTC",

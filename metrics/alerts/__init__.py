@@ -1,0 +1,1 @@
+"""Alerting beyond thresholds: notifications, silences and anomaly detection."""

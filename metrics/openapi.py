@@ -275,7 +275,8 @@ def errors(*codes: int) -> dict[str, Any]:
         405: "Method not allowed (see the Allow header).",
         413: "Body or point count over the limit.",
         415: "Content-Type is not JSON.",
-        429: "Over a cardinality or rate limit.",
+        429: "Over a cardinality or rate limit. A cardinality 429 says how to free room: delete series or "
+        "services in the admin, or wait for retention to remove those with no data left.",
         503: "Database unavailable.",
     }
     return {str(c): error_response(text[c], retry_after=c in (413, 429, 503)) for c in codes}

@@ -1,11 +1,13 @@
 from __future__ import annotations
 
+import orjson
 from django.contrib import admin, messages
+from django.db import transaction
 from django.db.models import QuerySet
 from django.http import HttpRequest
 from django.utils import timezone
 
-from .models import Alert, AlertRule, ApiKey, Point, Rollup, Service
+from .models import Alert, AlertRule, ApiKey, Point, Rollup, Series, Service
 
 
 @admin.register(Point)
@@ -21,6 +23,59 @@ class PointAdmin(admin.ModelAdmin):
 class ServiceAdmin(admin.ModelAdmin):
     list_display = ("name", "first_seen", "last_seen")
     search_fields = ("name",)
+
+    # Deleting a service frees room under MAX_SERVICES; its series go with it,
+    # its points and rollups stay until retention.
+    def delete_model(self, request: HttpRequest, obj: Service) -> None:
+        Series.objects.filter(service=obj.name).delete()
+        super().delete_model(request, obj)
+        _forget_series()
+
+    def delete_queryset(self, request: HttpRequest, queryset: QuerySet[Service]) -> None:
+        Series.objects.filter(service__in=list(queryset.values_list("name", flat=True))).delete()
+        super().delete_queryset(request, queryset)
+        _forget_series()
+
+
+def _forget_series() -> None:
+    """After a delete: this process's ingest stops trusting the rows (others within ingest.TRUST)."""
+    from .ingest import known
+
+    transaction.on_commit(known.clear)
+
+
+@admin.register(Series)
+class SeriesAdmin(admin.ModelAdmin):
+    """What the cardinality caps count. Deleting a series frees room under MAX_SERIES_PER_SERVICE at once;
+    its points and rollups stay, and its next point creates it again."""
+
+    list_display = ("service", "metric_type", "tags_text", "first_seen", "last_seen")
+    list_filter = ("metric_type",)
+    search_fields = ("service",)
+    ordering = ("service", "metric_type", "tags_hash")
+    readonly_fields = ("service", "metric_type", "tags_text", "tags_hash", "first_seen", "last_seen")
+    fields = readonly_fields
+    show_full_result_count = False
+
+    @admin.display(description="tags")
+    def tags_text(self, obj: Series) -> str:
+        if obj.tags is None:
+            return "(not known: first seen before tags were recorded)"
+        return orjson.dumps(obj.tags, option=orjson.OPT_SORT_KEYS).decode() if obj.tags else "(none)"
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: object = None) -> bool:
+        return False
+
+    def delete_model(self, request: HttpRequest, obj: Series) -> None:
+        super().delete_model(request, obj)
+        _forget_series()
+
+    def delete_queryset(self, request: HttpRequest, queryset: QuerySet[Series]) -> None:
+        super().delete_queryset(request, queryset)
+        _forget_series()
 
 
 @admin.register(Alert)

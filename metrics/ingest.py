@@ -11,12 +11,13 @@ import threading
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import orjson
 from django.conf import settings
 from django.db import connection, transaction
+from django.urls import NoReverseMatch, reverse
 
 from . import rollups, stats
 from .models import Alert, PointDict, iso
@@ -36,13 +37,22 @@ class CardinalityError(ValidationErrors):
     pass
 
 
+# How long this process trusts that a series or service row it wrote still
+# exists. Retention and the admin delete rows, possibly from another process,
+# so nothing is trusted for good: once this passes, the next point upserts its
+# Series row again (idempotent), which also moves Series.last_seen forward.
+# Retention leaves a margin well above this before deleting (see retention.py).
+TRUST = timedelta(seconds=60)
+
+
 class _SeriesCache:
-    """Series and services this process has already seen and counted."""
+    """Series and services this process has recently written, so most requests skip the guard's queries."""
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
-        self.series: set[tuple[str, str, str]] = set()
-        self.services: set[str] = set()
+        # key -> (trusted until, a point later than this moves last_seen)
+        self.series: dict[tuple[str, str, str], tuple[datetime, datetime]] = {}
+        self.services: dict[str, datetime] = {}  # name -> trusted until
 
     def clear(self) -> None:
         with self.lock:
@@ -63,17 +73,45 @@ def _table(name: str) -> str:
     return connection.ops.quote_name(name)
 
 
-def _guard_cardinality(rows: list[Row], now: datetime) -> None:
-    """Refuse a request that would create more series or services than allowed."""
+def room_hint() -> str:
+    """How to free room under the caps: said by every 429 of the guard."""
     conf = settings.TELEMETRY
-    new_series: dict[tuple[str, str, str], None] = {}
+    try:
+        series_url = reverse("admin:metrics_series_changelist")
+        services_url = reverse("admin:metrics_service_changelist")
+    except NoReverseMatch:
+        series_url, services_url = "the admin's Series page", "the admin's Services page"
+    return (
+        f"To free room, delete unused series ({series_url}) or services ({services_url}) in the admin, "
+        f"or wait: retention removes a series once its raw points (RAW_RETENTION_HOURS, "
+        f"{conf['RAW_RETENTION_HOURS']:g} h) and rollups (ROLLUP_RETENTION_DAYS, {conf['ROLLUP_RETENTION_DAYS']} d) "
+        "have expired, and a service once it has no series left"
+    )
+
+
+def _guard_cardinality(rows: list[Row], now: datetime) -> None:
+    """Refuse a request that would create more series or services than allowed; upsert the Series rows."""
+    conf = settings.TELEMETRY
+    # Keys whose row must be written: not trusted, trust expired, or a point
+    # a minute past the last_seen written. Value: [first, last, tags].
+    due: dict[tuple[str, str, str], list[Any]] = {}
+    trusted = known.series.get
     for row in rows:
         key = (row.service, row.metric_type, tags_hash(row.tags))
-        if key not in known.series:
-            new_series[key] = None
-    new_services = {s for s, _, _ in new_series} - known.services
-    if not new_series:
+        entry = trusted(key)
+        if entry is not None and now < entry[0] and row.timestamp <= entry[1]:
+            continue
+        span = due.get(key)
+        if span is None:
+            due[key] = [row.timestamp, row.timestamp, row.tags]
+        elif row.timestamp < span[0]:
+            span[0] = row.timestamp
+        elif row.timestamp > span[1]:
+            span[1] = row.timestamp
+    if not due:
         return
+    new_services = {s for s, _, _ in due}
+    new_services = {s for s in new_services if not now < known.services.get(s, now)}
     with connection.cursor() as cur:
         if new_services:
             cur.execute(
@@ -88,7 +126,8 @@ def _guard_cardinality(rows: list[Row], now: datetime) -> None:
                 if total + len(missing) > conf["MAX_SERVICES"]:
                     stats.inc("rejected_cardinality")
                     raise CardinalityError(
-                        f"Service limit reached: {total} services exist, the cap is {conf['MAX_SERVICES']}",
+                        f"Service limit reached: {total} services exist, the cap is {conf['MAX_SERVICES']}. "
+                        f"{room_hint()}.",
                         [
                             error_item(
                                 None, "service", f"would create {len(missing)} new service(s) beyond MAX_SERVICES"
@@ -97,37 +136,48 @@ def _guard_cardinality(rows: list[Row], now: datetime) -> None:
                         status=429,
                     )
         per_service: dict[str, list[tuple[str, str, str]]] = defaultdict(list)
-        for key in new_series:
+        for key in due:
             per_service[key[0]].append(key)
-        # Sorted, so two instances inserting the same new series take row locks
+        table = _table("metrics_series")
+        # Sorted, so two instances upserting the same series take row locks
         # in the same order (no deadlock on PostgreSQL).
         for service, keys in sorted(per_service.items()):
-            cur.execute(f"SELECT metric_type, tags_hash FROM {_table('metrics_series')} WHERE service = %s", [service])
+            cur.execute(f"SELECT metric_type, tags_hash FROM {table} WHERE service = %s", [service])
             existing_series = {(service, m, h) for m, h in cur.fetchall()}
-            missing_keys = sorted(k for k in keys if k not in existing_series)
-            if len(existing_series) + len(missing_keys) > conf["MAX_SERIES_PER_SERVICE"]:
+            missing_keys = [k for k in keys if k not in existing_series]
+            if missing_keys and len(existing_series) + len(missing_keys) > conf["MAX_SERIES_PER_SERVICE"]:
                 stats.inc("rejected_cardinality")
                 raise CardinalityError(
                     f"Series limit reached for service {service!r}: {len(existing_series)} series exist, "
-                    f"the cap is {conf['MAX_SERIES_PER_SERVICE']}; reduce distinct tag combinations",
+                    f"the cap is {conf['MAX_SERIES_PER_SERVICE']}; reduce distinct tag combinations. {room_hint()}.",
                     [error_item(None, "tags", "too many distinct (metric_type, tags) combinations for this service")],
                     status=429,
                 )
-            if missing_keys:
-                cur.executemany(
-                    f"INSERT INTO {_table('metrics_series')} (service, metric_type, tags_hash, first_seen) "
-                    "VALUES (%s, %s, %s, %s) ON CONFLICT (service, metric_type, tags_hash) DO NOTHING",
-                    [(s, m, h, _db_ts(now)) for s, m, h in missing_keys],
-                )
-    # Remember only once committed: a series remembered from a rolled-back
+            # A row deleted by retention or the admin since this process last
+            # wrote it is simply inserted again.
+            cur.executemany(
+                f"INSERT INTO {table} (service, metric_type, tags_hash, tags, first_seen, last_seen) "
+                "VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT (service, metric_type, tags_hash) DO UPDATE SET "
+                f"last_seen = CASE WHEN {table}.last_seen IS NULL OR excluded.last_seen > {table}.last_seen "
+                f"THEN excluded.last_seen ELSE {table}.last_seen END, "
+                f"tags = COALESCE({table}.tags, excluded.tags)",
+                [
+                    (s, m, h, orjson.dumps(due[s, m, h][2] or {}).decode(), _db_ts(first), _db_ts(last))
+                    for s, m, h in sorted(keys)
+                    for first, last in [due[s, m, h][:2]]
+                ],
+            )
+    # Trust only once committed: a series remembered from a rolled-back
     # request would never get its Series row, and the cap would undercount.
-    transaction.on_commit(lambda: _remember(list(new_series)))
+    until = now + TRUST
+    remembered = {key: (until, span[1] + TRUST) for key, span in due.items()}
+    transaction.on_commit(lambda: _remember(remembered, until))
 
 
-def _remember(series: list[tuple[str, str, str]]) -> None:
+def _remember(series: dict[tuple[str, str, str], tuple[datetime, datetime]], until: datetime) -> None:
     with known.lock:
         known.series.update(series)
-        known.services.update(s for s, _, _ in series)
+        known.services.update(dict.fromkeys((s for s, _, _ in series), until))
 
 
 def _db_ts(dt: datetime):  # type: ignore[no-untyped-def]

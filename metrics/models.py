@@ -92,17 +92,31 @@ class Service(models.Model):
 
 
 class Series(models.Model):
-    """A distinct (service, metric_type, tag set): what the cardinality guard counts."""
+    """A distinct (service, metric_type, tag set): what the cardinality guard counts.
+
+    Retention deletes a series once its data is gone, which frees room under
+    MAX_SERIES_PER_SERVICE; staff can delete one in the admin sooner.
+    """
 
     service = models.CharField(max_length=64)
     metric_type = models.CharField(max_length=16)
     tags_hash = models.CharField(max_length=40)
+    # The tag set itself, for people reading the admin; null for series first
+    # seen before it was stored, until their next point.
+    tags = models.JSONField(null=True, blank=True)
     first_seen = models.DateTimeField()
+    # Timestamp of its newest point, give or take a minute: ingest moves it
+    # forward at most once a minute per series (no write per point).
+    last_seen = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         constraints = [
             models.UniqueConstraint(fields=["service", "metric_type", "tags_hash"], name="series_identity_uniq"),
         ]
+        verbose_name_plural = "series"
+
+    def __str__(self) -> str:
+        return f"{self.service}/{self.metric_type} {self.tags_hash[:8] or '(no tags)'}"
 
 
 class RollupQuerySet(models.QuerySet["Rollup"]):

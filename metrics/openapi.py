@@ -36,7 +36,18 @@ STRING = {"type": "string"}
 TIMESTAMP = {"type": "string", "format": "date-time"}
 SERVICE = {"type": "string", "pattern": "^[A-Za-z0-9_.-]{1,64}$"}
 METRIC_TYPE = {"type": "string", "enum": list(METRIC_TYPES)}
-TAG_VALUE = {"anyOf": [{"type": "string"}, {"type": "number"}, {"type": "boolean"}, {"type": "null"}]}
+TAG_VALUE = {
+    "anyOf": [
+        {
+            "type": "string",
+            "description": "No control characters (C0, DEL, C1), bidi overrides or isolates, line or paragraph "
+            "separators, or invisible format characters.",
+        },
+        {"type": "number"},
+        {"type": "boolean"},
+        {"type": "null"},
+    ]
+}
 
 SCHEMAS: dict[str, Any] = {
     "Error": obj(
@@ -59,7 +70,8 @@ SCHEMAS: dict[str, Any] = {
         {
             "timestamp": {
                 "anyOf": [TIMESTAMP, {"type": "number", "minimum": 0}, {"type": "null"}],
-                "description": "ISO-8601 (Z or offset; naive means UTC) or Unix seconds; missing means now.",
+                "description": "ISO-8601 (Z or offset; naive means UTC) or Unix seconds from 0 to 1e11; "
+                "missing means now.",
             },
             "service": SERVICE,
             "metric_type": METRIC_TYPE,
@@ -268,7 +280,8 @@ def errors(*codes: int) -> dict[str, Any]:
         405: "Method not allowed (see the Allow header).",
         413: "Body or point count over the limit.",
         415: "Content-Type is not JSON.",
-        429: "Over a cardinality or rate limit.",
+        429: "Over a cardinality or rate limit. A cardinality 429 says how to free room: delete series or "
+        "services in the admin, or wait for retention to remove those with no data left.",
         503: "Database unavailable.",
     }
     return {str(c): error_response(text[c], retry_after=c in (413, 429, 503)) for c in codes}
@@ -279,8 +292,19 @@ def ok(schema: dict[str, Any], description: str = "OK") -> dict[str, Any]:
 
 
 QUERY_PARAMETERS = [
-    {"name": "start_time", "in": "query", "schema": TIMESTAMP, "description": "ISO-8601; default end - 1 h."},
-    {"name": "end_time", "in": "query", "schema": TIMESTAMP, "description": "ISO-8601; default now."},
+    {
+        "name": "start_time",
+        "in": "query",
+        "schema": TIMESTAMP,
+        "description": "ISO-8601 (naive means UTC), from 1970 to before 9000; default end - 1 h.",
+    },
+    {
+        "name": "end_time",
+        "in": "query",
+        "schema": TIMESTAMP,
+        "description": "ISO-8601, from 1970 to before 9000; default now. Included in raw queries; "
+        "bucketed ones cover [start, end).",
+    },
     {
         "name": "services",
         "in": "query",

@@ -15,7 +15,7 @@ from orjson import Fragment
 
 from . import rollups, sketch
 from .models import METRIC_TYPES, Alert, Service, iso
-from .validation import SERVICE_RE, ValidationErrors, error_item, parse_timestamp
+from .validation import SERVICE_RE, ValidationErrors, error_item, parse_timestamp, timestamp_problem
 
 AGGREGATIONS = ("raw", "1m", "5m", "1h", "auto")
 FIXED_BUCKETS = {"1m": 60, "5m": 300, "1h": 3600}
@@ -23,6 +23,13 @@ FIXED_BUCKETS = {"1m": 60, "5m": 300, "1h": 3600}
 NICE_BUCKETS = [1, 2, 5, 10, 15, 30, 60, 120, 300, 600, 900, 1800, 3600, 7200, 10800, 21600, 43200, 86400]
 AUTO_TARGET_BUCKETS = 300
 PERCENTILES = (0.50, 0.95, 0.99)
+# Times a query can use: the range arithmetic (defaults, bucket edges, whole
+# minutes) must stay inside what datetime can hold, and nothing is stored
+# before the Unix epoch. Outside it is a 400 naming the field, never an OverflowError.
+EARLIEST_TIME = datetime(1970, 1, 1, tzinfo=UTC)
+LATEST_TIME = datetime(9000, 1, 1, tzinfo=UTC)
+# Stored timestamps have microsecond resolution, so [start, end + 1 us) is [start, end].
+RESOLUTION = timedelta(microseconds=1)
 
 
 @dataclass
@@ -58,18 +65,26 @@ def parse_query(params: dict[str, Any], now: datetime | None = None) -> QuerySpe
             field_name = str(key)[:64] or "(empty key)"
             errors.append(error_item(None, field_name, f"unknown field; expected one of {', '.join(sorted(known))}"))
 
-    def ts(name: str, default: datetime) -> datetime:
+    def ts(name: str) -> datetime | None:
         raw = params.get(name)
         if raw in (None, ""):
-            return default
+            return None
         try:
-            return parse_timestamp(raw)
-        except (ValueError, OverflowError, OSError):
-            errors.append(error_item(None, name, "unparseable; use ISO-8601 like 2024-01-01T12:00:00Z"))
-            return default
+            when = parse_timestamp(raw)
+        except (ValueError, OverflowError, OSError) as exc:
+            errors.append(error_item(None, name, timestamp_problem(exc)))
+            return None
+        if not EARLIEST_TIME <= when < LATEST_TIME:
+            errors.append(
+                error_item(None, name, f"out of range: must be from {iso(EARLIEST_TIME)} to before {iso(LATEST_TIME)}")
+            )
+            return None
+        return when
 
-    end = ts("end_time", now)
-    start = ts("start_time", end - timedelta(hours=1))
+    end = ts("end_time")
+    start = ts("start_time")
+    end = end or now
+    start = start or max(end - timedelta(hours=1), EARLIEST_TIME)
     services = _as_list(params.get("services"), "services", errors)
     if services:
         bad = [s for s in services if not SERVICE_RE.fullmatch(s)]
@@ -103,8 +118,11 @@ def parse_query(params: dict[str, Any], now: datetime | None = None) -> QuerySpe
         errors.append(error_item(None, "exact", "must be a boolean"))
     if not errors:
         retention = timedelta(days=conf["ROLLUP_RETENTION_DAYS"])
-        if end <= start:
-            errors.append(error_item(None, "end_time", "must be after start_time"))
+        if end < start:
+            errors.append(error_item(None, "end_time", "must not be before start_time"))
+        elif end == start and aggregation != "raw":
+            # Buckets cover [start, end): an empty range has none. Raw points include their end.
+            errors.append(error_item(None, "end_time", "must be after start_time for a bucketed aggregation"))
         elif end - start > retention:
             errors.append(
                 error_item(None, "start_time", f"the range may span at most {conf['ROLLUP_RETENTION_DAYS']} days")
@@ -177,7 +195,11 @@ def raw_points(spec: QuerySpec) -> dict[str, Any]:
     encode them again; here SQLite's stored text becomes the wire spelling by
     slicing, and stored tags JSON is embedded as it is (orjson.Fragment).
     """
-    where, params = rollups.series_where("timestamp", spec.start, spec.end, spec.services, spec.metric_types)
+    # Raw reads include their end, as Prometheus' range queries do: a point
+    # ingested at T is in a query that ends at T.
+    where, params = rollups.series_where(
+        "timestamp", spec.start, spec.end + RESOLUTION, spec.services, spec.metric_types
+    )
     sqlite = connection.vendor == "sqlite"
     # CAST: an expression has no declared type, so the driver's datetime converter is skipped.
     ts_column = "CAST(timestamp AS TEXT)" if sqlite else "timestamp"

@@ -1,4 +1,8 @@
-"""Retention: roll up, then delete what is past its retention, in batches."""
+"""Retention: roll up, then delete what is past its retention, in batches.
+
+Last, the Series and Service rows whose data is all gone, so the cardinality
+caps (MAX_SERVICES, MAX_SERIES_PER_SERVICE) free up by themselves.
+"""
 
 from __future__ import annotations
 
@@ -17,6 +21,11 @@ BATCH = 5_000
 # next transaction right after committing starves ingests waiting on the busy
 # handler, so each batch leaves the lock free long enough for them to take it.
 YIELD_SECONDS = 0.03
+# A series or service is deleted only when its last point is older than the
+# retention by this margin. It exceeds the minute for which an ingesting
+# process trusts a row it wrote (ingest.TRUST) plus the minute Series.last_seen
+# may lag, so no process still skips writing a row that retention deleted.
+IDLE_MARGIN = timedelta(minutes=5)
 
 
 @dataclass
@@ -25,6 +34,8 @@ class PruneReport:
     points_deleted: int = 0
     rollups_deleted: int = 0
     alerts_deleted: int = 0
+    series_deleted: int = 0
+    services_deleted: int = 0
     points_cutoff: str = ""
     rollups_cutoff: str = ""
     alerts_cutoff: str = ""
@@ -66,6 +77,87 @@ def _delete_batched(table: str, column: str, before: datetime, extra: str = "") 
         time.sleep(YIELD_SECONDS)
 
 
+def _no_data(alias: str, kind: str, since: datetime | None) -> str:
+    """SQL: no raw point, histogram bucket or rollup left for the series or service row `alias`.
+
+    With `since` (a dry run, before anything is deleted) data older than the
+    cutoffs counts as gone already, as it will after the real run.
+    """
+    clauses = []
+    for table, column, cutoff in (
+        ("metrics_point", "timestamp", "raw_since"),
+        ("metrics_sketchcontribution", "minute", "raw_since"),
+        ("metrics_rollup", "minute", "rollup_since"),
+    ):
+        if kind == "series":
+            match = f"{table}.service = {alias}.service AND {table}.metric_type = {alias}.metric_type"
+        else:
+            match = f"{table}.service = {alias}.name"
+        when = f" AND {table}.{column} >= %({cutoff})s" if since else ""
+        clauses.append(f"NOT EXISTS (SELECT 1 FROM {table} WHERE {match}{when})")
+    return " AND ".join(clauses)
+
+
+def _series_gone(alias: str, since: datetime | None) -> str:
+    """SQL: the series row `alias` has no data left.
+
+    Either its last point is past the rollup retention (its raw points and its
+    share of the rollups expired), or its (service, metric_type) has no data at
+    all: rollups carry no tags, so the exact check is per metric. Both wait
+    IDLE_MARGIN past the raw retention.
+    """
+    last = f"COALESCE({alias}.last_seen, {alias}.first_seen)"
+    return f"{last} < %(idle)s AND ({last} < %(expired)s OR ({_no_data(alias, 'series', since)}))"
+
+
+def _service_gone(alias: str, since: datetime | None) -> str:
+    """SQL: the service row `alias` has no data and no series that stays."""
+    return (
+        f"{alias}.last_seen < %(idle)s AND {_no_data(alias, 'service', since)} AND NOT EXISTS "
+        f"(SELECT 1 FROM metrics_series s WHERE s.service = {alias}.name AND NOT ({_series_gone('s', since)}))"
+    )
+
+
+def prune_series(points_cut: datetime, rollups_cut: datetime, dry_run: bool = False) -> tuple[int, int]:
+    """Delete the Series and Service rows whose data is all gone: room under the cardinality caps again."""
+    params = {
+        "idle": rollups.db_ts(points_cut - IDLE_MARGIN),
+        "expired": rollups.db_ts(rollups_cut - IDLE_MARGIN),
+        "raw_since": rollups.db_ts(points_cut),
+        "rollup_since": rollups.db_ts(rollups_cut),
+    }
+    since = points_cut if dry_run else None
+    with transaction.atomic(), connection.cursor() as cur:
+        if dry_run:
+            cur.execute(f"SELECT COUNT(*) FROM metrics_series x WHERE {_series_gone('x', since)}", params)
+            series = int(cur.fetchone()[0])
+            cur.execute(f"SELECT COUNT(*) FROM metrics_service x WHERE {_service_gone('x', since)}", params)
+            return series, int(cur.fetchone()[0])
+        # The outer last_seen test is on the deleted row itself: PostgreSQL
+        # evaluates it again after waiting on a concurrent ingest's upsert of
+        # that row, so a series that came back while this ran stays.
+        cur.execute(
+            f"DELETE FROM metrics_series WHERE id IN (SELECT x.id FROM metrics_series x WHERE {_series_gone('x', None)}) "
+            "AND COALESCE(last_seen, first_seen) < %(idle)s",
+            params,
+        )
+        series = max(cur.rowcount, 0)
+        cur.execute(
+            f"DELETE FROM metrics_service WHERE id IN (SELECT x.id FROM metrics_service x WHERE {_service_gone('x', None)}) "
+            "AND last_seen < %(idle)s",
+            params,
+        )
+        services = max(cur.rowcount, 0)
+    if series or services:
+        # This process's ingest cache would trust the deleted rows for up to a
+        # minute more; other processes' caches wait out ingest.TRUST, which
+        # IDLE_MARGIN exceeds.
+        from .ingest import known
+
+        known.clear()
+    return series, services
+
+
 def prune(now: datetime | None = None, dry_run: bool = False) -> PruneReport:
     now = now or datetime.now(UTC)
     points_cut, rollups_cut, alerts_cut = cutoffs(now)
@@ -86,6 +178,7 @@ def prune(now: datetime | None = None, dry_run: bool = False) -> PruneReport:
         report.points_deleted = _count("metrics_point", "timestamp", min(points_cut, boundary))
         report.rollups_deleted = _count("metrics_rollup", "minute", rollups_cut)
         report.alerts_deleted = _count("metrics_alert", "resolved_at", alerts_cut, resolved)
+        report.series_deleted, report.services_deleted = prune_series(points_cut, rollups_cut, dry_run=True)
         return report
     report.rolled_up = rollups.roll_up(now)
     # Never delete a raw minute before its rollup exists.
@@ -95,4 +188,5 @@ def prune(now: datetime | None = None, dry_run: bool = False) -> PruneReport:
     _delete_batched("metrics_sketchcontribution", "minute", rollups.floor_minute(min(points_cut, boundary)))
     report.rollups_deleted = _delete_batched("metrics_rollup", "minute", rollups_cut)
     report.alerts_deleted = _delete_batched("metrics_alert", "resolved_at", alerts_cut, resolved)
+    report.series_deleted, report.services_deleted = prune_series(points_cut, rollups_cut)
     return report

@@ -21,6 +21,11 @@ from .models import METRIC_TYPES
 
 SERVICE_RE = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 CONTROL_CHARS = re.compile(r"[\x00-\x1f\x7f]")
+# Beyond ASCII, characters that change how text around them displays: C1
+# controls, bidirectional overrides and isolates (U+202E makes "gpj.exe" read
+# "exe.jpg"), line and paragraph separators, zero-width and other format
+# characters. Checked only on values that are not plain ASCII.
+SPOOFING_CHARS = re.compile(r"[\x80-\x9f\u061c\u200b-\u200f\u2028-\u202e\u2060-\u206f\ufeff\ufff9-\ufffb]")
 TAG_KEY_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_.\-/]*")
 
 # (minimum, maximum) per metric type; None = unbounded.
@@ -101,8 +106,30 @@ def extract_points(payload: Any, max_points: int) -> list[Any]:
 
 _ts_cache: dict[str, datetime] = {}
 
+UNPARSEABLE_TIMESTAMP = "unparseable; use ISO-8601 like 2024-01-01T12:00:00Z"
+NAIVE_IS_UTC = "naive timestamps (no Z or offset) are read as UTC; add Z or your offset, such as +09:00"
+
+
+class TimestampError(ValueError):
+    """A timestamp that parses but cannot be used; its text is the message for the client."""
+
+
+def timestamp_problem(exc: Exception) -> str:
+    return str(exc) if isinstance(exc, TimestampError) else UNPARSEABLE_TIMESTAMP
+
+
+def is_naive(raw: Any) -> bool:
+    """Whether `raw` is an ISO-8601 text without a zone (numbers are Unix seconds, always UTC)."""
+    if not isinstance(raw, str):
+        return False
+    try:
+        return datetime.fromisoformat(raw.strip()).tzinfo is None
+    except ValueError:
+        return False
+
 
 def parse_timestamp(raw: Any) -> datetime:
+    """An aware UTC datetime; ValueError (TimestampError with a message) when it cannot be one."""
     if isinstance(raw, str):
         cached = _ts_cache.get(raw)
         if cached is not None:
@@ -111,7 +138,11 @@ def parse_timestamp(raw: Any) -> datetime:
         if not text or len(text) > 40:
             raise ValueError("not an ISO-8601 timestamp")
         dt = datetime.fromisoformat(text)
-        dt = dt.replace(tzinfo=UTC) if dt.tzinfo is None else dt.astimezone(UTC)
+        try:
+            dt = dt.replace(tzinfo=UTC) if dt.tzinfo is None else dt.astimezone(UTC)
+        except OverflowError:
+            # 0001-01-01T00:00:00+01:00 is in year 0 in UTC, which datetime cannot hold.
+            raise TimestampError("out of range: outside the years 1-9999 in UTC") from None
         if len(_ts_cache) > 4096:
             _ts_cache.clear()
         _ts_cache[raw] = dt
@@ -120,7 +151,7 @@ def parse_timestamp(raw: Any) -> datetime:
         # Unix seconds: what many agents send. Milliseconds are a common mistake,
         # so values that only make sense as ms are rejected, not misread.
         if not math.isfinite(raw) or raw < 0 or raw > 1e11:
-            raise ValueError("numeric timestamps are Unix seconds")
+            raise TimestampError("numeric timestamps are Unix seconds, between 0 and 1e11")
         return datetime.fromtimestamp(raw, tz=UTC)
     raise ValueError("expected an ISO-8601 string")
 
@@ -149,8 +180,15 @@ def _validate_tags(tags: Any, index: int, errors: list[dict[str, Any]], limits: 
                 errors.append(
                     error_item(index, f"tags.{key}", f"longer than {limits['MAX_TAG_VALUE_LENGTH']} characters")
                 )
-            elif CONTROL_CHARS.search(val):
-                errors.append(error_item(index, f"tags.{key}", "control characters are not allowed"))
+            elif CONTROL_CHARS.search(val) or (not val.isascii() and SPOOFING_CHARS.search(val)):
+                errors.append(
+                    error_item(
+                        index,
+                        f"tags.{key}",
+                        "control, bidirectional-override, line-separator and invisible format characters "
+                        "are not allowed",
+                    )
+                )
         elif isinstance(val, float):
             if not math.isfinite(val):
                 errors.append(error_item(index, f"tags.{key}", "must be finite"))
@@ -201,14 +239,16 @@ def validate_points(points: list[Any], now: datetime | None = None) -> list[Row]
         else:
             try:
                 ts = parse_timestamp(raw_ts)
-            except (ValueError, OverflowError, OSError):
-                errors.append(error_item(index, "timestamp", "unparseable; use ISO-8601 like 2024-01-01T12:00:00Z"))
+            except (ValueError, OverflowError, OSError) as exc:
+                errors.append(error_item(index, "timestamp", timestamp_problem(exc)))
                 ts = now
             else:
                 if ts > newest:
-                    errors.append(
-                        error_item(index, "timestamp", f"more than {conf['MAX_FUTURE_SECONDS']} s in the future")
-                    )
+                    message = f"more than {conf['MAX_FUTURE_SECONDS']} s in the future"
+                    if is_naive(raw_ts):
+                        # The usual cause: local time sent without its offset from a zone east of UTC.
+                        message += f"; {NAIVE_IS_UTC}"
+                    errors.append(error_item(index, "timestamp", message))
                 elif ts < oldest:
                     errors.append(
                         error_item(

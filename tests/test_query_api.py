@@ -102,10 +102,36 @@ def test_filters_by_services_and_metric_types(client):
     assert len(body["data"]) == 3
 
 
-def test_the_range_is_start_inclusive_end_exclusive(client):
-    put([1, 2], datetime(2026, 11, 28, 11, 10, tzinfo=UTC), step=60)
+def test_a_raw_range_includes_both_its_start_and_its_end(client):
+    put([1, 2, 3], datetime(2026, 11, 28, 11, 10, tzinfo=UTC), step=60)
     body = query(client, start_time=T(10), end_time=T(11))
-    assert [p["value"] for p in body["data"]] == [1]
+    assert [p["value"] for p in body["data"]] == [1, 2]
+
+
+def test_a_point_ingested_at_t_is_in_a_raw_query_that_ends_at_t(client):
+    # The older service's clients ingest, then read back up to the same instant.
+    at = "2026-11-28T11:59:30.500000Z"
+    response = client.post(
+        "/metrics/ingest",
+        json.dumps({"service": "api", "metric_type": "cpu", "value": 7, "timestamp": at}),
+        content_type="application/json",
+    )
+    assert response.status_code in (200, 201), response.content
+    assert [p["value"] for p in query(client, end_time=at)["data"]] == [7]
+    assert [p["value"] for p in query(client, start_time=at, end_time=at)["data"]] == [7]
+
+
+def test_start_equal_to_end_is_valid_for_raw_and_400_for_buckets(client):
+    put([1], datetime(2026, 11, 28, 11, 10, tzinfo=UTC))
+    assert [p["value"] for p in query(client, start_time=T(10), end_time=T(10))["data"]] == [1]
+    for aggregation in ("1m", "5m", "1h", "auto"):
+        bad(client, "end_time", start_time=T(10), end_time=T(10), aggregation=aggregation)
+
+
+def test_bucketed_ranges_keep_start_inclusive_end_exclusive_buckets(client):
+    put([1, 2], datetime(2026, 11, 28, 11, 10, tzinfo=UTC), step=60)
+    rows = query(client, start_time=T(10), end_time=T(11), aggregation="1m")["data"]
+    assert [(r["timestamp"], r["count"]) for r in rows] == [("2026-11-28T11:10:00Z", 1)]
 
 
 def test_default_range_is_the_last_hour(client):
@@ -290,6 +316,43 @@ def test_non_json_content_type_is_415_and_other_methods_405(client):
     assert response.status_code == 405 and response["Allow"] == "GET, POST"
 
 
+OUT_OF_RANGE_TIMES = [
+    "0001-01-01",
+    "0001-01-01T00:00:00+01:00",  # year 0 in UTC
+    "0001-01-01T00:30:00Z",
+    "1969-12-31T23:59:59Z",
+    "9999-12-31",
+    "9999-12-31T23:59:59.999999",
+    "9999-12-31T23:59:59-01:00",  # year 10000 in UTC
+    1e20,
+    -1,
+    100_000_000_001,
+    2**70,
+    "1e20",
+    "99999999999999",
+]
+
+
+@pytest.mark.parametrize("value", OUT_OF_RANGE_TIMES, ids=str)
+@pytest.mark.parametrize("field", ["start_time", "end_time"])
+def test_times_that_cannot_be_used_are_400_naming_the_field_for_every_aggregation(client, field, value):
+    other = "end_time" if field == "start_time" else "start_time"
+    for aggregation in ("raw", "1m", "auto"):
+        for params in ({field: value}, {field: value, other: T(0)}):
+            body = bad(client, field, aggregation=aggregation, **params)
+            assert body["details"][0]["field"] == field, body
+            response = client.get(URL, {**{k: str(v) for k, v in params.items()}, "aggregation": aggregation})
+            assert response.status_code == 400, response.content
+            assert response.json()["details"][0]["field"] == field
+
+
+def test_an_offset_that_leaves_the_calendar_says_out_of_range(client):
+    body = bad(client, "end_time", end_time="0001-01-01T00:00:00+01:00")
+    assert "out of range" in body["details"][0]["message"]
+    body = bad(client, "start_time", start_time=2**70)
+    assert "Unix seconds" in body["details"][0]["message"]
+
+
 def test_bad_get_parameters_are_400_not_500(client):
     for params in ({"limit": "abc"}, {"start_time": "x"}, {"aggregation": "7d"}, {"exact": "2"}, {"zzz": "1"}):
         assert client.get(URL, params).status_code == 400, params
@@ -303,8 +366,14 @@ query_values = st.recursive(
 query_bodies = st.fixed_dictionaries(
     {},
     optional={
-        "start_time": st.one_of(st.sampled_from(["2026-11-28T11:00:00Z", "2026-11-21T11:00:00Z"]), query_values),
-        "end_time": st.one_of(st.sampled_from(["2026-11-28T12:00:00Z", "2026-11-28T11:00:00"]), query_values),
+        "start_time": st.one_of(
+            st.sampled_from(["2026-11-28T11:00:00Z", "2026-11-21T11:00:00Z", "0001-01-01", "9999-12-31"]),
+            query_values,
+        ),
+        "end_time": st.one_of(
+            st.sampled_from(["2026-11-28T12:00:00Z", "2026-11-28T11:00:00", "0001-01-01", "9999-12-31T23:59:59"]),
+            query_values,
+        ),
         "services": query_values,
         "metric_types": st.one_of(st.just(["latency"]), query_values),
         "aggregation": st.one_of(st.sampled_from(["raw", "1m", "5m", "1h", "auto"]), query_values),

@@ -186,6 +186,36 @@ def test_it_accepts_up_to_five_minutes_in_the_future_and_no_more():
     assert detail["field"] == "timestamp" and "future" in detail["message"]
 
 
+def test_a_naive_timestamp_too_far_ahead_says_naive_means_utc():
+    # A client in UTC+9 sending its local wall-clock time without an offset.
+    detail = only_detail([point(timestamp="2026-01-15T21:00:00")])
+    assert "future" in detail["message"] and "naive timestamps" in detail["message"] and "UTC" in detail["message"]
+
+
+def test_an_explicit_zone_too_far_ahead_gets_no_naive_hint():
+    for timestamp in ("2026-01-15T21:00:00Z", "2026-01-15T21:00:00+00:00", NOW.timestamp() + 9 * 3600):
+        detail = only_detail([point(timestamp=timestamp)])
+        assert "future" in detail["message"] and "naive" not in detail["message"], timestamp
+
+
+@pytest.mark.parametrize(
+    "timestamp",
+    [
+        "0001-01-01",
+        "0001-01-01T00:00:00+01:00",
+        "9999-12-31T23:59:59.999999",
+        "9999-12-31T23:59:59-01:00",
+        1e20,
+        2**70,
+        float("inf"),
+    ],
+    ids=str,
+)
+def test_times_outside_the_calendar_are_a_timestamp_error_not_an_exception(timestamp):
+    detail = only_detail([point(timestamp=timestamp)])
+    assert (detail["index"], detail["field"]) == (0, "timestamp")
+
+
 def test_it_rejects_points_older_than_the_raw_retention(telemetry):
     telemetry(RAW_RETENTION_HOURS=24)
     assert validate_points([point(timestamp="2026-01-14T12:00:00Z")], now=NOW)
@@ -233,6 +263,30 @@ def test_it_rejects_tag_values_that_are_too_long():
 def test_it_rejects_tag_values_that_are_not_plain_scalars(value):
     detail = only_detail([point(tags={"endpoint": value})])
     assert detail["field"] == "tags.endpoint"
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "invoice\u202egpj.exe",  # right-to-left override
+        "a\u2028b",  # line separator
+        "a\u2029b",  # paragraph separator
+        "a\x85b",  # C1: next line
+        "a\x9bb",  # C1: control sequence introducer
+        "\u2066isolate\u2069",
+        "zero\u200bwidth",
+        "\ufeffbom",
+    ],
+    ids=ascii,
+)
+def test_it_rejects_tag_values_that_spoof_how_text_displays(value):
+    detail = only_detail([point(tags={"endpoint": value})])
+    assert detail["field"] == "tags.endpoint" and "not allowed" in detail["message"]
+
+
+def test_it_accepts_tag_values_in_any_script():
+    tags = {"city": "Zürich", "name": "東京", "rtl": "שלום", "emoji": "🚀"}
+    assert validate_points([point(tags=tags)], now=NOW)[0].tags == tags
 
 
 def test_it_accepts_scalar_tag_values():

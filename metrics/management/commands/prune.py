@@ -4,7 +4,10 @@ from metrics.retention import prune
 
 
 class Command(BaseCommand):
-    help = "Roll up completed minutes, then delete raw points, rollups and resolved alerts past retention."
+    help = (
+        "Roll up completed minutes, then delete raw points, rollups and resolved alerts past retention, "
+        "and the series and services with no data left."
+    )
 
     def add_arguments(self, parser):  # type: ignore[no-untyped-def]
         parser.add_argument("--dry-run", action="store_true", help="Report what would be deleted; change nothing.")
@@ -15,5 +18,6 @@ class Command(BaseCommand):
         self.stdout.write(
             f"rolled up {report.rolled_up} series-minutes; {verb} {report.points_deleted} points "
             f"(before {report.points_cutoff}), {report.rollups_deleted} rollups (before {report.rollups_cutoff}), "
-            f"{report.alerts_deleted} resolved alerts (before {report.alerts_cutoff})"
+            f"{report.alerts_deleted} resolved alerts (before {report.alerts_cutoff}), "
+            f"{report.series_deleted} series and {report.services_deleted} services with no data left"
         )

@@ -6,12 +6,14 @@ in worker threads while the runner's thread keeps the database work.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import hmac
 import logging
 import threading
 import urllib.error
 import urllib.request
+import warnings
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -22,6 +24,14 @@ from django.conf import settings
 
 from . import notify
 from .models import ContactPoint
+
+# Apprise's email plugin imports imghdr (for PGPy), deprecated on Python 3.11/3.12: import
+# it once here, quietly, rather than warn from a worker thread at the first email.
+with warnings.catch_warnings():
+    warnings.filterwarnings("ignore", "'imghdr' is deprecated", DeprecationWarning)
+    # Python 3.13 removed it; Apprise installs its own stand-in there.
+    with contextlib.suppress(ImportError):
+        import imghdr  # noqa: F401
 
 SIGNATURE_HEADER = "X-Telemetry-Signature"
 ZERO_TIME = "0001-01-01T00:00:00Z"  # Alertmanager's endsAt of a firing alert

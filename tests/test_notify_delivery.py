@@ -232,3 +232,12 @@ def _conf() -> dict:
     from django.conf import settings
 
     return dict(settings.TELEMETRY)
+
+
+def test_a_rolled_back_alert_change_leaves_no_notification(clock):
+    contact("alertmanager+http://127.0.0.1:9/x")
+    with pytest.raises(RuntimeError), transaction.atomic():
+        evaluate([row(1500)])
+        assert Notification.objects.count() == 1, "written inside the ingest transaction"
+        raise RuntimeError("the ingest fails after evaluating")
+    assert Notification.objects.count() == 0 and Alert.objects.count() == 0

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from dataclasses import dataclass, field
 from email import message_from_bytes
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -25,6 +26,7 @@ class Received:
     path: str
     headers: dict[str, str]
     raw: bytes
+    at: float = field(default_factory=time.perf_counter)  # time-machine leaves perf_counter real
 
     @property
     def json(self) -> dict:

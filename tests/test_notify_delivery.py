@@ -247,3 +247,20 @@ def test_a_rolled_back_alert_change_leaves_no_notification(clock):
         assert Notification.objects.count() == 1, "written inside the ingest transaction"
         raise RuntimeError("the ingest fails after evaluating")
     assert Notification.objects.count() == 0 and Alert.objects.count() == 0
+
+
+def test_send_test_notification_admin_action_reaches_the_destination_and_reports_failures(client):
+    from django.contrib.auth import get_user_model
+
+    client.force_login(get_user_model().objects.create_superuser("admin", password="pw"))
+    with HttpReceiver() as hook:
+        good = ContactPoint.objects.create(name="a-good", destination="alertmanager+" + hook.url, secret=SECRET)
+        bad = ContactPoint.objects.create(name="b-closed", destination="alertmanager+http://127.0.0.1:9/closed")
+        data = {"action": "send_test_notification", "_selected_action": [good.pk, bad.pk]}
+        response = client.post("/admin/metrics/contactpoint/", data, follow=True)
+        [got] = hook.delivered
+    shown = [m.message for m in response.context["messages"]]
+    assert shown[0] == f"{good.name}: test notification delivered."
+    assert shown[1].startswith(f"{bad.name}: test failed: URLError")
+    assert got.json["alerts"][0]["labels"]["service"] == "telemetry-test"
+    assert Notification.objects.count() == 0, "a test send bypasses the outbox"

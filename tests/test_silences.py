@@ -158,3 +158,15 @@ def _conf() -> dict:
     from django.conf import settings
 
     return dict(settings.TELEMETRY)
+
+
+def test_resolving_from_the_dashboard_queues_a_resolve_notification(clock, staff):
+    ContactPoint.objects.create(name="am", destination="alertmanager+http://127.0.0.1:9/x")
+    ingest(600)
+    Notification.objects.update(state="sent")
+    client = Client()
+    client.force_login(staff)
+    alert = Alert.objects.get()
+    assert client.post(f"/alerts/{alert.pk}/resolve", {"page": "/"}).status_code == 302
+    queued = Notification.objects.get(state="pending")
+    assert queued.status == "resolve" and list(queued.alerts.all()) == [alert]

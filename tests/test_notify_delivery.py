@@ -264,3 +264,19 @@ def test_send_test_notification_admin_action_reaches_the_destination_and_reports
     assert shown[1].startswith(f"{bad.name}: test failed: URLError")
     assert got.json["alerts"][0]["labels"]["service"] == "telemetry-test"
     assert Notification.objects.count() == 0, "a test send bypasses the outbox"
+
+
+def test_the_admin_shows_delivery_state_and_last_error(client, clock):
+    from django.contrib.auth import get_user_model
+
+    client.force_login(get_user_model().objects.create_superuser("admin", password="pw"))
+    contact("alertmanager+http://127.0.0.1:9/x")
+    ingest(row(600))
+    Notification.objects.update(attempts=2, last_error="HTTP 500: down")
+    listing = client.get("/admin/metrics/notification/").content.decode()
+    assert "HTTP 500: down" in listing and "pending" in listing
+    note = Notification.objects.get()
+    assert client.get(f"/admin/metrics/notification/{note.pk}/change/").status_code == 200
+    for page in ("contactpoint", "silence"):
+        assert client.get(f"/admin/metrics/{page}/").status_code == 200
+        assert client.get(f"/admin/metrics/{page}/add/").status_code == 200

@@ -9,6 +9,7 @@ urlpatterns = [
     path("services/<str:name>/", views.service_detail, name="service"),
     path("alerts/<int:pk>/acknowledge", views.acknowledge, name="acknowledge"),
     path("alerts/<int:pk>/resolve", views.resolve, name="resolve"),
+    path("alerts/<int:pk>/silence", views.silence, name="silence"),
     path("dashboard/data/percentiles", data.percentiles_view, name="data-percentiles"),
     path("dashboard/data/by-service", data.by_service_view, name="data-by-service"),
     path("dashboard/data/compare", data.compare_view, name="data-compare"),

@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from django.db import transaction
 from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
@@ -17,6 +18,8 @@ from django.views.decorators.http import require_GET, require_POST
 
 from metrics import broadcast
 from metrics.access import alert_action_access, can_act_on_alerts, dashboard_access
+from metrics.alerts import notify as alert_notify
+from metrics.alerts import silences as alert_silences
 from metrics.models import METRIC_TYPES, Alert, Service
 
 from . import selection as sel
@@ -50,7 +53,9 @@ def _matrix(selection: sel.Selection) -> Context:
 
 
 def _alerts(selection: sel.Selection) -> Context:
-    return {"panel": status.alert_panel(selection.service_list)}
+    panel = status.alert_panel(selection.service_list)
+    alert_silences.mark(panel.firing)  # silenced_until and delivery state for the panel
+    return {"panel": panel}
 
 
 def _everything(selection: sel.Selection) -> Context:
@@ -167,6 +172,16 @@ def acknowledge(request: HttpRequest, pk: int) -> HttpResponse:
 def resolve(request: HttpRequest, pk: int) -> HttpResponse:
     alert = _alert_or_404(pk)
     if alert.state == Alert.FIRING:
-        alert.resolve()
+        with transaction.atomic():
+            alert.resolve()
+            alert_notify.enqueue([alert])  # receivers hear a manual resolve too
         _publish(alert)
+    return _after_action(request)
+
+
+@require_POST
+@alert_action_access
+def silence(request: HttpRequest, pk: int) -> HttpResponse:
+    """The alert panel's "silence 1 h": mutes the series' notifications, not the alert."""
+    alert_silences.silence_alert(_alert_or_404(pk), request.user.get_username())
     return _after_action(request)

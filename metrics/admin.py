@@ -150,3 +150,6 @@ class ApiKeyAdmin(admin.ModelAdmin):
     def revoke(self, request: HttpRequest, queryset: QuerySet[ApiKey]) -> None:
         n = queryset.filter(revoked_at__isnull=True).update(revoked_at=timezone.now())
         self.message_user(request, f"Revoked {n} key(s).")
+
+
+from .alerts import admin as alerts_admin  # noqa: E402,F401 - registers contact points, outbox, silences

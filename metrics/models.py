@@ -371,3 +371,6 @@ class ApiKey(models.Model):
 
 def telemetry_setting(name: str):  # type: ignore[no-untyped-def]
     return settings.TELEMETRY[name]
+
+
+from .alerts.models import ContactPoint, Notification, Silence  # noqa: E402,F401 - Django finds models here

@@ -24,6 +24,7 @@ from datetime import timedelta
 from django.conf import settings
 from django.db import IntegrityError, connection, transaction
 
+from .alerts import notify
 from .models import Alert, AlertRule
 from .validation import Row
 
@@ -186,6 +187,7 @@ def evaluate(rows: Iterable[Row]) -> AlertOutcome:
         outcome.changed.extend(changed)
         dirty.extend(updated)
     _save_alerts(dirty)
+    notify.enqueue(outcome.changed, known_ids={a.pk for a in firing.values()})  # outbox, same transaction
     return outcome
 
 

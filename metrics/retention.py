@@ -14,6 +14,7 @@ from django.conf import settings
 from django.db import connection, transaction
 
 from . import rollups
+from .alerts import silences as alert_silences
 from .models import Alert
 
 BATCH = 5_000
@@ -187,6 +188,7 @@ def prune(now: datetime | None = None, dry_run: bool = False) -> PruneReport:
     # Histogram buckets (OTLP) live as long as the raw points they complete.
     _delete_batched("metrics_sketchcontribution", "minute", rollups.floor_minute(min(points_cut, boundary)))
     report.rollups_deleted = _delete_batched("metrics_rollup", "minute", rollups_cut)
+    alert_silences.prune(alerts_cut)  # before the alerts: unlinks their notifications
     report.alerts_deleted = _delete_batched("metrics_alert", "resolved_at", alerts_cut, resolved)
     report.series_deleted, report.services_deleted = prune_series(points_cut, rollups_cut)
     return report

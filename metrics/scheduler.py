@@ -42,11 +42,12 @@ class Scheduler:
     def tick(self, now_monotonic: float | None = None) -> None:
         """One scheduling pass: run whatever is due."""
         from . import retention, rollups
-        from .alerts import anomaly
+        from .alerts import anomaly, outbox
 
         conf = settings.TELEMETRY
         now = time.monotonic() if now_monotonic is None else now_monotonic
         close_old_connections()
+        outbox.tick()  # due notifications: every pass, each send bounded by its timeout
         if self.last_prune is None or now - self.last_prune >= conf["PRUNE_INTERVAL_SECONDS"]:
             report = retention.prune()
             self.last_prune = self.last_rollup = now

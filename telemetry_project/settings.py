@@ -347,6 +347,32 @@ TELEMETRY: dict[str, Any] = {
     "VERSION": "0.1.0",
 }
 
+
+# --- Notifications (metrics/alerts, docs/alerts.md) ---------------------------
+def notify_urls(name: str) -> list[str]:
+    """NOTIFY_URLS: whitespace-separated contact point URLs (Apprise or alertmanager+http(s)://)."""
+    urls = os.environ.get(name, "").split()
+    for url in urls:
+        scheme, sep, rest = url.partition("://")
+        if not sep or not rest or not scheme.replace("+", "").replace("-", "").isalnum():
+            raise ImproperlyConfigured(f"{name}: {url[:80]!r} is not a URL such as alertmanager+https://host/hook")
+    return urls
+
+
+TELEMETRY.update(
+    {
+        "NOTIFY_URLS": notify_urls("NOTIFY_URLS"),
+        "NOTIFY_SECRET": os.environ.get("NOTIFY_SECRET", ""),
+        "NOTIFY_EXTERNAL_URL": os.environ.get("NOTIFY_EXTERNAL_URL", "http://localhost:8000").rstrip("/"),
+        "NOTIFY_GROUP_WAIT_SECONDS": envfloat("NOTIFY_GROUP_WAIT_SECONDS", 30.0),
+        "NOTIFY_REPEAT_INTERVAL_SECONDS": envfloat("NOTIFY_REPEAT_INTERVAL_SECONDS", 3600.0),
+        "NOTIFY_RETRY_BASE_SECONDS": envfloat("NOTIFY_RETRY_BASE_SECONDS", 5.0, positive=True),
+        "NOTIFY_RETRY_MAX_SECONDS": envfloat("NOTIFY_RETRY_MAX_SECONDS", 600.0, positive=True),
+        "NOTIFY_MAX_ATTEMPTS": envint("NOTIFY_MAX_ATTEMPTS", 50, 1),
+        "NOTIFY_TIMEOUT_SECONDS": envfloat("NOTIFY_TIMEOUT_SECONDS", 5.0, positive=True),
+    }
+)
+
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,

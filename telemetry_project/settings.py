@@ -253,7 +253,6 @@ AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
     {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
 ]
-LOGIN_URL = "/admin/login/"
 
 LANGUAGE_CODE = "en-us"
 TIME_ZONE = "UTC"
@@ -339,6 +338,13 @@ TELEMETRY: dict[str, Any] = {
     "WS_MAX_MESSAGES_PER_SECOND": envint("WS_MAX_MESSAGES_PER_SECOND", 50, 1),
     "VERSION": "0.1.0",
 }
+
+# --- Pages: the dashboard's login, error reports ---------------------------------
+# The dashboard's own login page takes any active user (viewers included); the
+# admin keeps its staff-only login, and alert actions check is_staff.
+LOGIN_URL = "dashboard:login"
+LOGIN_REDIRECT_URL = "dashboard:overview"
+LOGOUT_REDIRECT_URL = "dashboard:overview"
 
 LOGGING = {
     "version": 1,

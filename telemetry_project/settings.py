@@ -339,12 +339,15 @@ TELEMETRY: dict[str, Any] = {
     "VERSION": "0.1.0",
 }
 
-# --- Pages: the dashboard's login, error reports ---------------------------------
+# --- Pages: the dashboard's login, error reports -------------------------------
 # The dashboard's own login page takes any active user (viewers included); the
 # admin keeps its staff-only login, and alert actions check is_staff.
 LOGIN_URL = "dashboard:login"
 LOGIN_REDIRECT_URL = "dashboard:overview"
 LOGOUT_REDIRECT_URL = "dashboard:overview"
+# The DEBUG 500 page and error reports hide DATABASE_URL/REDIS_URL and mask
+# the password of every connection URL they show.
+DEFAULT_EXCEPTION_REPORTER_FILTER = "telemetry_project.reporting.ConnectionSafeExceptionReporterFilter"
 
 LOGGING = {
     "version": 1,

@@ -64,7 +64,9 @@ def test_the_plain_text_report_hides_them_too(rf, secrets):
 def test_connection_settings_are_hidden_and_paths_named_url_stay_readable(secrets, settings):
     safe = get_default_exception_reporter_filter().get_safe_settings()
     assert safe["DATABASE_URL"] == safe["REDIS_URL"] == "********************"
-    assert safe["CHANNEL_LAYERS"]["default"]["CONFIG"]["hosts"] == ["redis://:********************@redis.internal:6379/0"]
+    assert safe["CHANNEL_LAYERS"]["default"]["CONFIG"]["hosts"] == [
+        "redis://:********************@redis.internal:6379/0"
+    ]
     assert safe["STATIC_URL"] == settings.STATIC_URL
     # dj-database-url puts the password in DATABASES under a key Django already hides.
     assert safe["DATABASES"]["default"].get("PASSWORD", "") in ("", "********************")

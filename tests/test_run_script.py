@@ -89,7 +89,9 @@ def test_make_run_listens_on_loopback_and_keeps_the_terminal_quiet(tmp_path):
     out.seek(0)
     terminal = out.read()
     assert "Telemetry on http://localhost:" in terminal
-    assert "/metrics/ingest" not in terminal and '"POST' not in terminal and "HTTP/1.1" not in terminal, terminal[-2000:]
+    assert "/metrics/ingest" not in terminal and '"POST' not in terminal and "HTTP/1.1" not in terminal, terminal[
+        -2000:
+    ]
 
 
 def test_the_container_deployment_still_listens_on_every_interface():

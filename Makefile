@@ -28,7 +28,13 @@ static/vendor/.installed: package.json package-lock.json
 
 assets: $(VENV)/.installed static/vendor/.installed
 
-install: $(VENV)/.installed assets
+# Local development settings (DEBUG=1, a generated SECRET_KEY), written once and
+# git-ignored, so every `manage.py` command works without extra variables.
+LOCAL_ENV ?= .env.local
+$(LOCAL_ENV):
+	$(PYTHON) scripts/local_env.py $@
+
+install: $(VENV)/.installed assets $(LOCAL_ENV)
 	DEBUG=1 $(PY) manage.py migrate --noinput -v0
 
 install-dev: install $(VENV)/.installed-dev

@@ -115,11 +115,26 @@ def envjson(name: str, default: dict) -> dict:
     return value
 
 
+# --- Local development file ------------------------------------------------------
+# `make install` writes .env.local once (DEBUG=1 and a generated SECRET_KEY; git-
+# and docker-ignored), so every manage.py command works in a checkout without
+# extra variables. It only fills in variables the environment does not set. A
+# production host has no such file: DEBUG is off there and a missing SECRET_KEY
+# still stops the process. TELEMETRY_ENV_FILE names another file ("" for none).
+_env_file = os.environ.get("TELEMETRY_ENV_FILE")
+LOCAL_ENV_FILE = BASE_DIR / ".env.local" if _env_file is None else (Path(_env_file) if _env_file else None)
+if LOCAL_ENV_FILE is not None and LOCAL_ENV_FILE.is_file():
+    from dotenv import load_dotenv
+
+    load_dotenv(LOCAL_ENV_FILE, override=False)
+
 DEBUG = envbool("DEBUG", False)
 SECRET_KEY = os.environ.get("SECRET_KEY", "")
 if not SECRET_KEY:
     if not DEBUG and not envbool("TELEMETRY_ALLOW_INSECURE_KEY", False):
-        raise ImproperlyConfigured("SECRET_KEY must be set when DEBUG is off")
+        raise ImproperlyConfigured(
+            "SECRET_KEY must be set when DEBUG is off (in a development checkout, `make install` writes .env.local)"
+        )
     SECRET_KEY = "insecure-development-key-do-not-use-in-production-0123456789"
 
 ALLOWED_HOSTS = envlist("ALLOWED_HOSTS", ["localhost", "127.0.0.1", "[::1]"])

@@ -38,4 +38,6 @@ RUN python scripts/vendor_assets.py \
 USER telemetry
 EXPOSE 8000
 HEALTHCHECK --interval=15s --timeout=5s --start-period=20s --retries=3 CMD ["python", "deploy/healthcheck.py"]
+# Every interface inside the container (only the published port reaches it);
+# `make run` on a workstation binds 127.0.0.1 instead.
 CMD ["daphne", "-b", "0.0.0.0", "-p", "8000", "--proxy-headers", "telemetry_project.asgi:application"]

@@ -4,6 +4,8 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 PORT ?= 8000
+# Loopback only: the demo runs with DEBUG on and API keys off. HOST=0.0.0.0 exposes it.
+HOST ?= 127.0.0.1
 
 .PHONY: install install-dev assets run test test-postgres lint bench soak clean
 
@@ -26,15 +28,22 @@ static/vendor/.installed: package.json package-lock.json
 
 assets: $(VENV)/.installed static/vendor/.installed
 
-install: $(VENV)/.installed assets
+# Local development settings (DEBUG=1, a generated SECRET_KEY), written once and
+# git-ignored, so every `manage.py` command works without extra variables.
+LOCAL_ENV ?= .env.local
+$(LOCAL_ENV):
+	$(PYTHON) scripts/local_env.py $@
+
+install: $(VENV)/.installed assets $(LOCAL_ENV)
 	DEBUG=1 $(PY) manage.py migrate --noinput -v0
 
 install-dev: install $(VENV)/.installed-dev
 
 # Serves the ASGI app (daphne) with the demo generator feeding it over HTTP;
-# Ctrl-C stops both.
+# Ctrl-C stops both. ACCESS_LOG=1 prints a line per request (off: the
+# generator's requests would scroll the startup message away).
 run: install
-	PORT=$(PORT) $(PY) scripts/run.py
+	HOST=$(HOST) PORT=$(PORT) $(PY) scripts/run.py
 
 test: install-dev
 	$(VENV)/bin/pytest -q $(PYTEST_ARGS)

@@ -1,3 +1,4 @@
+from django.contrib.auth import views as auth_views
 from django.contrib.staticfiles.urls import staticfiles_urlpatterns
 from django.urls import path
 
@@ -6,6 +7,10 @@ from . import data, views
 app_name = "dashboard"
 urlpatterns = [
     path("", views.overview, name="overview"),
+    # Django's own views (so login throttling backends cover them), our dark template.
+    # Any active user may log in here; the admin keeps its staff-only login.
+    path("login/", auth_views.LoginView.as_view(template_name="dashboard/login.html"), name="login"),
+    path("logout/", auth_views.LogoutView.as_view(), name="logout"),
     path("services/<str:name>/", views.service_detail, name="service"),
     path("alerts/<int:pk>/acknowledge", views.acknowledge, name="acknowledge"),
     path("alerts/<int:pk>/resolve", views.resolve, name="resolve"),

@@ -15,6 +15,7 @@ from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
 from django.utils.http import url_has_allowed_host_and_scheme
 from django.views.decorators.http import require_GET, require_POST
+from django.views.decorators.vary import vary_on_headers
 
 from metrics import broadcast
 from metrics.access import alert_action_access, can_act_on_alerts, dashboard_access
@@ -76,7 +77,13 @@ OVERVIEW_FRAGMENTS: dict[str, tuple[str, Callable[[sel.Selection], Context]]] = 
 }
 
 
+# Pages answer a whole page or one fragment for the same URL, chosen by these
+# headers: caches (the browser's back button included) must keep them apart.
+vary_on_fragment = vary_on_headers("HX-Request", "HX-Target")
+
+
 @require_GET
+@vary_on_fragment
 @dashboard_access
 def overview(request: HttpRequest) -> HttpResponse:
     selection = sel.from_request(request)
@@ -104,6 +111,7 @@ SERVICE_CHARTS = [
 
 
 @require_GET
+@vary_on_fragment
 @dashboard_access
 def service_detail(request: HttpRequest, name: str) -> HttpResponse:
     service = get_object_or_404(Service, name=name)

@@ -14,6 +14,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Mapping
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -58,19 +59,50 @@ def fill_history(env: dict[str, str]) -> bool:
     return not interrupted
 
 
+def access_log_on(environ: Mapping[str, str]) -> bool:
+    raw = environ.get("ACCESS_LOG", "0").strip().lower()
+    if raw not in ("1", "true", "yes", "on", "0", "false", "no", "off", ""):
+        raise SystemExit(f"ACCESS_LOG={raw!r} is not a boolean (use 1 or 0)")
+    return raw in ("1", "true", "yes", "on")
+
+
+def daphne_command(environ: Mapping[str, str]) -> list[str]:
+    """The server's command line.
+
+    Loopback only by default: the demo runs with DEBUG on and API keys off, so
+    it must not be reachable from the network unless asked (HOST=0.0.0.0).
+    No access log by default: the generator's requests (several a second)
+    would scroll the startup message away; ACCESS_LOG=1 prints one line each.
+    """
+    host = environ.get("HOST") or "127.0.0.1"
+    port = environ.get("PORT") or "8000"
+    logging = ["--access-log", "-"] if access_log_on(environ) else ["-v", "0"]
+    return [sys.executable, "-m", "daphne", "-b", host, "-p", port, *logging, "telemetry_project.asgi:application"]
+
+
+def startup_message(environ: Mapping[str, str]) -> str:
+    port = environ.get("PORT") or "8000"
+    host = environ.get("HOST") or "127.0.0.1"
+    reach = (
+        "this machine only; HOST=0.0.0.0 listens on every interface"
+        if host in ("127.0.0.1", "localhost", "::1")
+        else f"listening on {host}"
+    )
+    log = "access log on" if access_log_on(environ) else "ACCESS_LOG=1 shows every request"
+    return f"Telemetry on http://localhost:{port}/ ({reach}; {log}).\nCtrl-C stops the server and the generator."
+
+
 def main() -> int:
-    port = os.environ.get("PORT", "8000")
-    host = os.environ.get("HOST", "0.0.0.0")
+    port = os.environ.get("PORT") or "8000"
+    host = os.environ.get("HOST") or "127.0.0.1"
     env = dict(os.environ)
     env.setdefault("DEBUG", "1")
-    url = f"http://127.0.0.1:{port}"
+    # The health probe and the generator use loopback unless the server is bound to one address only.
+    probe = "127.0.0.1" if host in ("0.0.0.0", "::", "localhost") else (f"[{host}]" if ":" in host else host)
+    url = f"http://{probe}:{port}"
     if not fill_history(env):
         return 0
-    server = subprocess.Popen(
-        [sys.executable, "-m", "daphne", "-b", host, "-p", port, "telemetry_project.asgi:application"],
-        cwd=ROOT,
-        env=env,
-    )
+    server = subprocess.Popen(daphne_command(env), cwd=ROOT, env=env)
     children = [server]
     stopping = False
 
@@ -81,7 +113,7 @@ def main() -> int:
     signal.signal(signal.SIGINT, stop)
     signal.signal(signal.SIGTERM, stop)
     if wait_healthy(url):
-        print(f"Telemetry on http://localhost:{port}/ (Ctrl-C stops the server and the generator)", flush=True)
+        print(startup_message(env), flush=True)
         if env.get("DEMO", "1") != "0":
             children.append(
                 subprocess.Popen([sys.executable, "manage.py", "generate_metrics", "--url", url], cwd=ROOT, env=env)

@@ -115,11 +115,26 @@ def envjson(name: str, default: dict) -> dict:
     return value
 
 
+# --- Local development file ------------------------------------------------------
+# `make install` writes .env.local once (DEBUG=1 and a generated SECRET_KEY; git-
+# and docker-ignored), so every manage.py command works in a checkout without
+# extra variables. It only fills in variables the environment does not set. A
+# production host has no such file: DEBUG is off there and a missing SECRET_KEY
+# still stops the process. TELEMETRY_ENV_FILE names another file ("" for none).
+_env_file = os.environ.get("TELEMETRY_ENV_FILE")
+LOCAL_ENV_FILE = BASE_DIR / ".env.local" if _env_file is None else (Path(_env_file) if _env_file else None)
+if LOCAL_ENV_FILE is not None and LOCAL_ENV_FILE.is_file():
+    from dotenv import load_dotenv
+
+    load_dotenv(LOCAL_ENV_FILE, override=False)
+
 DEBUG = envbool("DEBUG", False)
 SECRET_KEY = os.environ.get("SECRET_KEY", "")
 if not SECRET_KEY:
     if not DEBUG and not envbool("TELEMETRY_ALLOW_INSECURE_KEY", False):
-        raise ImproperlyConfigured("SECRET_KEY must be set when DEBUG is off")
+        raise ImproperlyConfigured(
+            "SECRET_KEY must be set when DEBUG is off (in a development checkout, `make install` writes .env.local)"
+        )
     SECRET_KEY = "insecure-development-key-do-not-use-in-production-0123456789"
 
 ALLOWED_HOSTS = envlist("ALLOWED_HOSTS", ["localhost", "127.0.0.1", "[::1]"])
@@ -253,7 +268,6 @@ AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
     {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
 ]
-LOGIN_URL = "/admin/login/"
 
 LANGUAGE_CODE = "en-us"
 TIME_ZONE = "UTC"
@@ -372,6 +386,36 @@ TELEMETRY.update(
         "NOTIFY_TIMEOUT_SECONDS": envfloat("NOTIFY_TIMEOUT_SECONDS", 5.0, positive=True),
     }
 )
+# --- Pages: the dashboard's login, error reports, CSP --------------------------
+# The dashboard's own login page takes any active user (viewers included); the
+# admin keeps its staff-only login, and alert actions check is_staff.
+LOGIN_URL = "dashboard:login"
+LOGIN_REDIRECT_URL = "dashboard:overview"
+LOGOUT_REDIRECT_URL = "dashboard:overview"
+# The DEBUG 500 page and error reports hide DATABASE_URL/REDIS_URL and mask
+# the password of every connection URL they show.
+DEFAULT_EXCEPTION_REPORTER_FILTER = "telemetry_project.reporting.ConnectionSafeExceptionReporterFilter"
+
+# Content-Security-Policy (django-csp) on every response: the pages load only
+# their own static files, with no inline script or style (htmx's indicator
+# style is turned off in templates/base.html); data: is the empty favicon.
+# 'self' covers the same-origin /ws/metrics WebSocket. django-csp leaves
+# Django's own DEBUG 404/500 pages out, which need their inline styles.
+MIDDLEWARE = [*MIDDLEWARE, "csp.middleware.CSPMiddleware"]
+CONTENT_SECURITY_POLICY = {
+    "DIRECTIVES": {
+        "default-src": ["'self'"],
+        "script-src": ["'self'"],
+        "style-src": ["'self'"],
+        "img-src": ["'self'", "data:"],
+        "connect-src": ["'self'"],
+        "font-src": ["'self'"],
+        "object-src": ["'none'"],
+        "base-uri": ["'self'"],
+        "form-action": ["'self'"],
+        "frame-ancestors": ["'none'"],
+    }
+}
 
 LOGGING = {
     "version": 1,

@@ -36,6 +36,18 @@ CHROMIUM_ARGS = [
 ARTIFACTS = ROOT / "test-artifacts"
 SEED_SERVICES = ("api", "auth", "database")
 STAFF = ("oncall", "browser-test-pw")
+VIEWER = ("viewer", "browser-viewer-pw")
+# Every page reports Content-Security-Policy violations as console errors, which
+# each test asserts away (Chromium logs most of them too; this catches them all).
+REPORT_CSP_VIOLATIONS = """
+window.__cspViolations = [];
+document.addEventListener("securitypolicyviolation", (e) => {
+  const what = e.violatedDirective + " blocked " + (e.blockedURI || "inline code");
+  const where = e.sourceFile ? " at " + e.sourceFile + ":" + e.lineNumber + ":" + e.columnNumber : "";
+  window.__cspViolations.push(what + where);
+  console.error("CSP violation: " + what + where);
+});
+"""
 
 if not Path(CHROMIUM).exists() and not shutil.which("chromium"):
     pytest.skip("Chromium is not installed (apt-get install chromium); browser tests need it", allow_module_level=True)
@@ -104,6 +116,16 @@ def server(tmp_path_factory):
         check=True,
         capture_output=True,
     )
+    make_viewer = "from django.contrib.auth.models import User; User.objects.create_user({!r}, password={!r})".format(
+        *VIEWER
+    )
+    subprocess.run(
+        [sys.executable, "manage.py", "shell", "-c", make_viewer],
+        cwd=ROOT,
+        env=live.env,
+        check=True,
+        capture_output=True,
+    )
     # Ten minutes of history for three services, all five types, and one firing alert.
     now = datetime.now(UTC)
     base = {"latency": 120.0, "error_rate": 0.01, "throughput": 400.0, "cpu": 40.0, "memory": 55.0}
@@ -134,6 +156,7 @@ def browser():
 @pytest.fixture
 def page(browser, server):
     context = browser.new_context(viewport={"width": 1440, "height": 1000}, base_url=server.url)
+    context.add_init_script(REPORT_CSP_VIOLATIONS)
     page = context.new_page()
     page.console_errors = []
     page.on("console", lambda m: page.console_errors.append(m.text) if m.type == "error" else None)
@@ -235,14 +258,18 @@ def test_switching_the_time_range_re_renders_and_updates_the_url(page):
     assert page.console_errors == []
 
 
+def log_in(page, username: str, password: str) -> None:
+    """Through the dashboard's own login page, as a person would."""
+    page.goto("/login/?next=/")
+    page.fill("#id_username", username)
+    page.fill("#id_password", password)
+    page.get_by_role("button", name="Log in").click()
+    page.wait_for_url(lambda url: "/login/" not in url)
+
+
 def test_a_staff_user_acknowledges_an_alert_from_the_panel(page, server):
     post(server, [point("billing", "memory", 99.0)])
-    page.goto("/admin/login/?next=/")
-    page.fill("#id_username", STAFF[0])
-    page.fill("#id_password", STAFF[1])
-    page.click("input[type=submit]")
-    page.wait_for_url(lambda url: "/admin/login" not in url)
-    page.console_errors.clear()  # the admin login page has no favicon link: Chromium's /favicon.ico 404
+    log_in(page, *STAFF)
     open_live(page)
     item = page.locator("#alerts li.alert", has_text="billing memory")
     item.get_by_role("button", name="Acknowledge").click()
@@ -254,6 +281,36 @@ def test_a_staff_user_acknowledges_an_alert_from_the_panel(page, server):
     alerts = httpx.get(server.url + "/metrics/alerts?service=billing", timeout=5).json()["alerts"]
     assert alerts[0]["acknowledged"] is True and alerts[0]["acknowledged_by"] == "oncall"
     assert page.locator('a[href="/admin/"]').count() == 1
+    assert page.console_errors == []
+
+
+def test_a_viewer_logs_in_on_the_dark_login_page_and_sees_alerts_without_buttons(page, server):
+    post(server, [point("ledger", "cpu", 99.0)])
+    log_in(page, *VIEWER)
+    open_live(page)
+    page.wait_for_function("() => document.getElementById('alerts').textContent.includes('ledger cpu')")
+    assert page.locator("#alerts button").count() == 0
+    assert "need a staff account" in page.locator("#alerts").text_content()
+    assert page.locator('a[href="/admin/"]').count() == 0
+    page.get_by_role("button", name="Log out").click()
+    page.wait_for_selector("text=Log in")
+    assert page.console_errors == []
+
+
+def test_the_dashboard_runs_under_its_content_security_policy(page, server):
+    response = page.goto("/")
+    policy = response.headers["content-security-policy"]
+    assert "script-src 'self'" in policy and "unsafe-inline" not in policy
+    open_live(page)
+    # An htmx swap, the WebSocket and chart fetches all ran under the policy.
+    page.click("label.seg:has(input[value='6h'])")
+    page.wait_for_url("**/?range=6h*", timeout=10_000)
+    page.wait_for_function("() => Telemetry.charts.get('chart-latency').rangeMs === 6 * 3600 * 1000", timeout=10_000)
+    assert page.evaluate("() => window.__cspViolations") == []
+    open_live(page, "/services/api/")
+    assert page.evaluate("() => window.__cspViolations") == []
+    page.goto("/login/")
+    assert page.evaluate("() => window.__cspViolations") == []
     assert page.console_errors == []
 
 

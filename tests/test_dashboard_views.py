@@ -8,6 +8,7 @@ staff user (alert actions always need one).
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from html.parser import HTMLParser
 
 import pytest
 import time_machine
@@ -182,6 +183,48 @@ def test_the_page_loads_only_local_static_files(client, frozen):
     assert "/static/vendor/chart.umd.js" in page
     assert "/static/js/dashboard.js" in page
     assert "https://" not in page
+
+
+@pytest.mark.parametrize("path", ["/", "/services/api/"])
+def test_pages_that_also_answer_fragments_vary_on_the_htmx_headers(client, demo, path):
+    for response in (client.get(path), client.get(path, HTTP_HX_TARGET="cards", **HX)):
+        assert response.status_code == 200
+        vary = {v.strip().lower() for v in response["Vary"].split(",")}
+        assert {"hx-request", "hx-target"} <= vary
+
+
+class InlineCode(HTMLParser):
+    """Collects what a strict CSP (no 'unsafe-inline') would block: inline scripts, styles and handlers."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.found: list[str] = []
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        names = dict(attrs)
+        if tag == "script" and not names.get("src"):
+            self.found.append("<script> without src")
+        if tag == "style":
+            self.found.append("<style>")
+        self.found += [f"{tag} {name}=" for name in names if name == "style" or name.startswith("on")]
+        self.found += [f"{tag} {name}=javascript:" for name, v in attrs if (v or "").startswith("javascript:")]
+
+
+@pytest.mark.parametrize(
+    ("path", "user"), [("/", None), ("/", "staff"), ("/services/api/", "staff"), ("/login/", None)]
+)
+def test_pages_carry_a_strict_csp_and_nothing_inline_that_it_would_block(client, demo, staff, path, user):
+    if user:
+        client.force_login(staff)
+    response = client.get(path)
+    policy = response["Content-Security-Policy"]
+    assert "script-src 'self'" in policy and "style-src 'self'" in policy and "default-src 'self'" in policy
+    assert "unsafe-inline" not in policy and "unsafe-eval" not in policy
+    parser = InlineCode()
+    parser.feed(html(response))
+    assert parser.found == []
+    # htmx would otherwise add its indicator <style> element at load.
+    assert '"includeIndicatorStyles": false' in response.content.decode()
 
 
 # --- Service page ---------------------------------------------------------------

@@ -64,7 +64,7 @@ def test_the_query_api_is_open_when_login_is_not_required(client, telemetry, pat
 def test_the_dashboard_page_redirects_to_login_without_a_session(client, login_required):
     response = client.get("/")
     assert response.status_code == 302
-    assert response["Location"].startswith("/admin/login/?next=/")
+    assert response["Location"].startswith("/login/?next=/")
 
 
 def test_the_dashboard_page_renders_for_a_logged_in_user(client, login_required, user):

@@ -114,7 +114,8 @@ def test_sqlite_is_opened_in_wal_with_immediate_transactions():
 def child_env(tmp_path, **overrides: str) -> dict[str, str]:
     """The environment of a fresh process reading the real settings module, on a throwaway SQLite file."""
     env = {k: v for k, v in os.environ.items() if k != "DJANGO_SETTINGS_MODULE"}
-    env.update({"DEBUG": "1", "TELEMETRY_DATA_DIR": str(tmp_path), "DATABASE_URL": ""})
+    # TELEMETRY_ENV_FILE="": the checkout's own .env.local (make install) stays out of it.
+    env.update({"DEBUG": "1", "TELEMETRY_DATA_DIR": str(tmp_path), "DATABASE_URL": "", "TELEMETRY_ENV_FILE": ""})
     env.pop("TELEMETRY_ALLOW_INSECURE_KEY", None)
     env.update(overrides)
     return env
@@ -147,3 +148,90 @@ def test_the_asgi_process_takes_its_gil_switch_interval_from_the_environment(tmp
     result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     assert float(result.stdout) == pytest.approx(0.0025)
+
+
+# --- The checkout's local settings file (make install writes .env.local) -----------
+
+
+def manage(env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "manage.py", *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120
+    )
+
+
+@pytest.fixture
+def local_env(tmp_path):
+    """A .env.local written by the Makefile rule itself, and an environment that sets neither DEBUG nor SECRET_KEY."""
+    path = tmp_path / "env.local"
+    result = subprocess.run(
+        ["make", "--no-print-directory", str(path), f"LOCAL_ENV={path}", f"PYTHON={sys.executable}"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    env = child_env(tmp_path, TELEMETRY_ENV_FILE=str(path))
+    for name in ("DEBUG", "SECRET_KEY"):
+        env.pop(name, None)
+    return path, env
+
+
+def test_make_install_writes_debug_and_a_generated_key_once(local_env):
+    path, _ = local_env
+    text = path.read_text()
+    assert "DEBUG=1" in text.splitlines()
+    key = next(line.split("=", 1)[1] for line in text.splitlines() if line.startswith("SECRET_KEY="))
+    assert len(key) >= 50 and "insecure" not in key
+    assert path.stat().st_mode & 0o077 == 0
+    rerun = subprocess.run(
+        ["make", "--no-print-directory", str(path), f"LOCAL_ENV={path}", f"PYTHON={sys.executable}"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert rerun.returncode == 0 and path.read_text() == text
+
+
+def test_the_readmes_manage_py_commands_work_with_only_the_local_file(local_env):
+    _, env = local_env
+    for args in (
+        ("migrate", "--noinput", "-v0"),
+        ("createsuperuser", "--noinput", "--username", "admin", "--email", "admin@example.com"),
+        ("prune", "--dry-run"),
+        ("generate_metrics", "--duration", "1", "--rate", "1", "--services", "api"),
+        ("check",),
+    ):
+        result = manage({**env, "DJANGO_SUPERUSER_PASSWORD": "local-admin-pw-1"}, *args)
+        assert result.returncode == 0, f"manage.py {' '.join(args)}: {result.stderr[-1500:]}"
+
+
+def test_the_environment_wins_over_the_local_file(local_env):
+    _, env = local_env
+    code = "from django.conf import settings; import django; django.setup(); print(settings.DEBUG, settings.SECRET_KEY)"
+    result = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=ROOT,
+        env={**env, "DEBUG": "0", "SECRET_KEY": "s" * 60, "DJANGO_SETTINGS_MODULE": "telemetry_project.settings"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["False", "s" * 60]
+
+
+def test_production_without_the_file_still_fails_loudly(tmp_path):
+    env = child_env(tmp_path, TELEMETRY_ENV_FILE=str(tmp_path / "missing.env"))
+    for name in ("DEBUG", "SECRET_KEY"):
+        env.pop(name, None)
+    result = manage(env, "check")
+    assert result.returncode != 0
+    assert "ImproperlyConfigured" in result.stderr and "SECRET_KEY must be set" in result.stderr
+
+
+def test_the_local_file_is_ignored_by_git_and_docker():
+    result = subprocess.run(["git", "check-ignore", "-q", ".env.local"], cwd=ROOT, timeout=30)
+    assert result.returncode == 0
+    assert ".env.local" in (ROOT / ".dockerignore").read_text().split()

@@ -27,6 +27,7 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 from asgiref.sync import iscoroutinefunction
+from axes.backends import AxesStandaloneBackend
 from channels.db import database_sync_to_async
 from channels.security.websocket import WebsocketDenier
 from django.conf import settings
@@ -34,6 +35,7 @@ from django.contrib.auth import authenticate, get_user_model
 from django.contrib.auth.views import redirect_to_login
 from django.http import HttpRequest, HttpResponse, HttpResponseForbidden
 from django.http.request import split_domain_port, validate_host
+from django.shortcuts import render
 
 from .models import ApiKey
 
@@ -317,3 +319,35 @@ class WebsocketOriginValidator:
 def dashboard_data_access(view: Callable) -> Callable:
     """Dashboard JSON endpoints: 401 in the API error shape instead of a login redirect."""
     return _both(view, _api_check)
+
+
+# --- Login throttling (django-axes; settings AXES_*) ------------------------------------
+
+
+class LoginThrottleBackend(AxesStandaloneBackend):
+    """django-axes' lockout check for every authenticate() that comes with a request.
+
+    Every login this server offers passes the request (admin, dashboard
+    LoginView, basic auth on the read API), so each is counted and locked out.
+    Only callers with no request at all (the test client's login(), scripts) skip
+    the check: there is no client address to count against, and axes would raise.
+    """
+
+    def authenticate(self, request: HttpRequest | None, *args: Any, **kwargs: Any) -> None:
+        if request is None:
+            return None
+        return super().authenticate(request, *args, **kwargs)
+
+
+def lockout_response(request: HttpRequest, original_response: Any = None, credentials: Any = None) -> HttpResponse:
+    """429 once a username+address pair is locked out: JSON for the API, a page for logins."""
+    minutes = int(settings.AXES_COOLOFF_TIME.total_seconds() // 60)
+    message = f"Too many failed logins: locked out for {minutes} minutes"
+    if request.path.startswith(("/metrics/", "/v1/")):
+        from .http import error
+
+        response = error(message, 429, field="Authorization")
+    else:
+        response = render(request, "admin/locked_out.html", {"title": message, "minutes": minutes}, status=429)
+    response["Retry-After"] = str(int(settings.AXES_COOLOFF_TIME.total_seconds()))
+    return response

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pytest
 
-from metrics import ingest, stats
+from metrics import ingest, prom, stats
 from metrics.processor import rules
 
 
@@ -19,6 +19,7 @@ def _fresh_process_state():
     ingest.known.clear()
     rules.invalidate()
     stats.reset()
+    prom.clear_cache()
     yield
     ingest.known.clear()
     rules.invalidate()

@@ -258,7 +258,6 @@ def _crowd_main(ws_url: str, clients: int, shared: Any, stop_event: Any) -> None
 
     async def client(n: int) -> None:
         import websockets
-        from websockets.typing import Origin
 
         await asyncio.sleep(n * 0.02)
         first = True
@@ -268,9 +267,7 @@ def _crowd_main(ws_url: str, clients: int, shared: Any, stop_event: Any) -> None
                 await asyncio.sleep(1)
             first = False
             try:
-                async with websockets.connect(
-                    ws_url, origin=Origin("http://127.0.0.1"), open_timeout=30, max_size=None
-                ) as ws:
+                async with websockets.connect(ws_url, open_timeout=30, max_size=None) as ws:
                     await ws.send(orjson.dumps({"action": "subscribe", "batch": True}).decode())
                     async for message in ws:
                         frame = orjson.loads(message)

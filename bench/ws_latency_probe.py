@@ -23,7 +23,6 @@ import httpx
 import numpy as np
 import orjson
 import websockets
-from websockets.typing import Origin
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from tests.live import LiveServer  # noqa: E402
@@ -41,7 +40,7 @@ async def run(args: argparse.Namespace) -> dict:
     with tempfile.TemporaryDirectory() as tmp, LiveServer(Path(tmp), env=env) as server:
         sockets = []
         for _ in range(args.clients):
-            ws = await websockets.connect(server.ws_url, origin=Origin("http://127.0.0.1"), max_size=None)
+            ws = await websockets.connect(server.ws_url, max_size=None)
             await ws.recv()
             await ws.send(orjson.dumps({"action": "subscribe", "services": ["probe"], "batch": args.batch}).decode())
             await ws.recv()

@@ -4,8 +4,10 @@ import orjson
 from django.contrib import admin, messages
 from django.db import transaction
 from django.db.models import QuerySet
-from django.http import HttpRequest
+from django.http import HttpRequest, HttpResponse
+from django.template.response import TemplateResponse
 from django.utils import timezone
+from django.utils.cache import add_never_cache_headers
 
 from .models import Alert, AlertRule, ApiKey, Point, Rollup, Series, Service
 
@@ -131,20 +133,44 @@ class AlertRuleAdmin(admin.ModelAdmin):
 
 @admin.register(ApiKey)
 class ApiKeyAdmin(admin.ModelAdmin):
-    list_display = ("name", "prefix", "services", "created_at", "last_used_at", "revoked_at")
+    list_display = ("name", "prefix", "scopes", "services", "created_at", "last_used_at", "revoked_at")
+    list_filter = ("scopes",)
     readonly_fields = ("prefix", "created_at", "last_used_at")
-    fields = ("name", "services", "prefix", "created_at", "last_used_at", "revoked_at")
+    fields = ("name", "scopes", "services", "prefix", "created_at", "last_used_at", "revoked_at")
     actions = ["revoke"]
 
     def save_model(self, request: HttpRequest, obj: ApiKey, form: object, change: bool) -> None:
         if change:
             super().save_model(request, obj, form, change)
             return
-        key, raw = ApiKey.generate(obj.name, obj.services)
+        key, raw = ApiKey.generate(obj.name, obj.services, obj.scopes)
         obj.pk, obj.prefix, obj.key_hash = key.pk, key.prefix, key.key_hash
         obj.created_at = key.created_at
-        # Shown exactly once: only the hash is stored.
-        messages.warning(request, f"New API key (copy it now, it will not be shown again): {raw}")
+        # Only the hash is stored; the raw key lives on this object for response_add.
+        obj.raw_key = raw  # type: ignore[attr-defined]
+
+    def response_add(self, request: HttpRequest, obj: ApiKey, post_url_continue: str | None = None) -> HttpResponse:
+        """Show the new key once, in this response's body.
+
+        Not through the messages framework: its default storage keeps messages
+        in a signed but readable cookie (or the session), which would carry the
+        raw key in every later request until it is displayed.
+        """
+        raw = getattr(obj, "raw_key", None)
+        if raw is None:
+            return super().response_add(request, obj, post_url_continue)
+        context = {
+            **self.admin_site.each_context(request),
+            "opts": self.opts,
+            "title": "New API key",
+            "key": obj,
+            "raw_key": raw,
+        }
+        response = TemplateResponse(request, "admin/metrics/apikey/created.html", context)
+        # Keep the key out of caches and out of the browser's back/forward history.
+        add_never_cache_headers(response)
+        response["Cache-Control"] += ", no-store"
+        return response
 
     @admin.action(description="Revoke selected keys")
     def revoke(self, request: HttpRequest, queryset: QuerySet[ApiKey]) -> None:

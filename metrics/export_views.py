@@ -6,6 +6,7 @@ from django.db import OperationalError
 from django.http import HttpRequest, HttpResponse
 
 from . import openapi, prom
+from .access import api_access
 from .http import FastJsonResponse, error, require_methods
 
 
@@ -14,6 +15,7 @@ def openapi_view(request: HttpRequest) -> HttpResponse:
     return FastJsonResponse(openapi.document())
 
 
+@api_access
 @require_methods("GET")
 def prometheus_view(request: HttpRequest) -> HttpResponse:
     try:

@@ -39,7 +39,8 @@ def error_from(exc: ValidationErrors) -> HttpResponse:
     return response
 
 
-def _api_key_from(headers: Mapping[str, str]) -> str | None:
+def api_key_from(headers: Mapping[str, str]) -> str | None:
+    """The raw key of Authorization: Bearer or X-API-Key, if any."""
     header = headers.get("Authorization", "")
     if header[:7].lower() == "bearer ":
         return header[7:].strip()
@@ -56,22 +57,28 @@ def credentials(headers: Mapping[str, str]) -> dict[str, str]:
 LAST_USED_GRANULARITY = timedelta(minutes=1)
 
 
-def authenticate_key(headers: Mapping[str, str]) -> tuple[ApiKey | None, HttpResponse | None]:
-    """The ApiKey the request carries; an error response when keys are required and it is missing or bad.
+def authenticate_key(
+    headers: Mapping[str, str], scope: str = ApiKey.INGEST
+) -> tuple[ApiKey | None, HttpResponse | None]:
+    """The ApiKey the request carries; an error response when it is missing, bad or lacks `scope`.
 
     Looked up on every request (by its SHA-256, a unique index), so revoking a
     key in the admin takes effect on the very next request. A key that is sent
     but unknown or revoked is refused even when keys are optional: a client
-    with a wrong key should learn it rather than write anonymously.
+    with a wrong key should learn it rather than write anonymously. A missing
+    key is refused only for ingest when REQUIRE_API_KEY is on; whether reading
+    needs credentials at all is metrics.access's decision (DASHBOARD_REQUIRE_LOGIN).
     """
-    raw = _api_key_from(headers)
+    raw = api_key_from(headers)
     if not raw:
-        if settings.TELEMETRY["REQUIRE_API_KEY"]:
+        if scope == ApiKey.INGEST and settings.TELEMETRY["REQUIRE_API_KEY"]:
             return None, _unauthorized("A valid API key is required (Authorization: Bearer <key> or X-API-Key)")
         return None, None
     key = ApiKey.objects.filter(key_hash=hash_key(raw)).first()
     if key is None or not key.is_active:
         return None, _unauthorized("Invalid or revoked API key")
+    if not key.has_scope(scope):
+        return None, error(f"This API key may not {scope}: its scopes are {key.scopes}", 403, field="Authorization")
     now = timezone.now()
     if key.last_used_at is None or now - key.last_used_at >= LAST_USED_GRANULARITY:
         ApiKey.objects.filter(pk=key.pk).update(last_used_at=now)

@@ -339,13 +339,28 @@ def hash_key(raw: str) -> str:
 
 
 class ApiKey(models.Model):
-    """Ingest key. Only its SHA-256 is stored; the key itself is shown once in the admin."""
+    """API key. Only its SHA-256 is stored; the key itself is shown once in the admin.
+
+    Scopes: `ingest` writes points (JSON and OTLP), `read` reads them (query API,
+    /metrics/prometheus, /ws/metrics when login is required). A leaked ingest key
+    on an agent host then cannot read every service's data.
+    """
+
+    READ = "read"
+    INGEST = "ingest"
+    SCOPE_CHOICES = [("ingest,read", "read and ingest"), ("ingest", "ingest only"), ("read", "read only")]
 
     name = models.CharField(max_length=100)
     prefix = models.CharField(max_length=12, editable=False)
     key_hash = models.CharField(max_length=64, unique=True, editable=False)
     services = models.CharField(
         max_length=1000, blank=True, default="", help_text="Comma-separated services this key may write; empty = all."
+    )
+    scopes = models.CharField(
+        max_length=32,
+        choices=SCOPE_CHOICES,
+        default="ingest,read",
+        help_text="What the key may do: ingest points, read them, or both.",
     )
     created_at = models.DateTimeField(auto_now_add=True)
     revoked_at = models.DateTimeField(null=True, blank=True)
@@ -355,10 +370,13 @@ class ApiKey(models.Model):
         return f"{self.name} ({self.prefix}…)"
 
     @classmethod
-    def generate(cls, name: str, services: str = "") -> tuple[ApiKey, str]:
+    def generate(cls, name: str, services: str = "", scopes: str = "ingest,read") -> tuple[ApiKey, str]:
         raw = "tm_" + secrets.token_urlsafe(32)
-        key = cls.objects.create(name=name, prefix=raw[:10], key_hash=hash_key(raw), services=services)
+        key = cls.objects.create(name=name, prefix=raw[:10], key_hash=hash_key(raw), services=services, scopes=scopes)
         return key, raw
+
+    def has_scope(self, scope: str) -> bool:
+        return scope in self.scopes.split(",")
 
     @property
     def allowed_services(self) -> set[str]:

@@ -276,12 +276,13 @@ def errors(*codes: int) -> dict[str, Any]:
         400: "Invalid input; nothing was stored.",
         401: "Missing or invalid API key (ingest, when keys are required) or not logged in (reads, when "
         "DASHBOARD_REQUIRE_LOGIN is on).",
-        403: "The API key may not write this service.",
+        403: "The API key may not write this service, or lacks the scope (ingest / read) this endpoint needs.",
         405: "Method not allowed (see the Allow header).",
         413: "Body or point count over the limit.",
         415: "Content-Type is not JSON.",
-        429: "Over a cardinality or rate limit. A cardinality 429 says how to free room: delete series or "
-        "services in the admin, or wait for retention to remove those with no data left.",
+        429: "Over a cardinality or rate limit (a cardinality 429 says how to free room: delete series or "
+        "services in the admin, or wait for retention to remove those with no data left), or locked out after "
+        "too many failed basic-auth logins.",
         503: "Database unavailable.",
     }
     return {str(c): error_response(text[c], retry_after=c in (413, 429, 503)) for c in codes}
@@ -326,6 +327,8 @@ QUERY_PARAMETERS = [
 ]
 
 SECURITY: list[dict[str, list[str]]] = [{"bearerAuth": []}, {"apiKeyHeader": []}, {}]
+# Reads: a key with read scope, basic auth with a Django user, a session, or nothing when login is not required.
+READ_SECURITY: list[dict[str, list[str]]] = [{"bearerAuth": []}, {"apiKeyHeader": []}, {"basicAuth": []}, {}]
 
 PATHS: dict[str, Any] = {
     "/metrics/health": {
@@ -353,20 +356,23 @@ PATHS: dict[str, Any] = {
             "operationId": "queryGet",
             "summary": "Raw points or percentile buckets (parameters in the query string)",
             "parameters": QUERY_PARAMETERS,
-            "responses": {**ok(ref("QueryResponse")), **errors(400, 401, 405, 503)},
+            "security": READ_SECURITY,
+            "responses": {**ok(ref("QueryResponse")), **errors(400, 401, 403, 405, 429, 503)},
         },
         "post": {
             "operationId": "queryPost",
             "summary": "Raw points or percentile buckets",
             "requestBody": {"required": False, "content": json_content(ref("QueryRequest"))},
-            "responses": {**ok(ref("QueryResponse")), **errors(400, 401, 405, 413, 415, 503)},
+            "security": READ_SECURITY,
+            "responses": {**ok(ref("QueryResponse")), **errors(400, 401, 403, 405, 413, 415, 429, 503)},
         },
     },
     "/metrics/services": {
         "get": {
             "operationId": "services",
             "summary": "Every service with its status and recent figures",
-            "responses": {**ok(ref("ServicesResponse")), **errors(401, 405, 503)},
+            "security": READ_SECURITY,
+            "responses": {**ok(ref("ServicesResponse")), **errors(401, 403, 405, 429, 503)},
         }
     },
     "/metrics/alerts": {
@@ -383,7 +389,8 @@ PATHS: dict[str, Any] = {
                 {"name": "state", "in": "query", "schema": {"type": "string", "enum": ["", "firing", "resolved"]}},
                 {"name": "service", "in": "query", "schema": {"type": "string"}},
             ],
-            "responses": {**ok(ref("AlertsResponse")), **errors(400, 401, 405, 503)},
+            "security": READ_SECURITY,
+            "responses": {**ok(ref("AlertsResponse")), **errors(400, 401, 403, 405, 429, 503)},
         }
     },
     "/metrics/ping": {
@@ -397,12 +404,13 @@ PATHS: dict[str, Any] = {
         "get": {
             "operationId": "prometheus",
             "summary": "Prometheus text exposition of the latest values, percentiles, alerts and server figures",
+            "security": READ_SECURITY,
             "responses": {
                 "200": {
                     "description": "Prometheus text format 0.0.4",
                     "content": {"text/plain; version=0.0.4; charset=utf-8": {"schema": {"type": "string"}}},
                 },
-                **errors(405, 503),
+                **errors(401, 403, 405, 429, 503),
             },
         }
     },
@@ -449,7 +457,7 @@ PATHS: dict[str, Any] = {
                     for code, text in (
                         (400, "Undecodable body, or data the database refused; nothing stored, do not retry."),
                         (401, "Missing or invalid API key (when keys are required)."),
-                        (403, "The API key is limited to other services; the whole request is refused."),
+                        (403, "The API key lacks the ingest scope, or is limited to other services; the whole request is refused."),
                         (405, "Method not allowed."),
                         (413, "Body over the limit, or more data points than INGEST_MAX_POINTS; do not retry as is."),
                         (415, "Unsupported Content-Type or Content-Encoding."),
@@ -478,6 +486,7 @@ def document() -> dict[str, Any]:
             "securitySchemes": {
                 "bearerAuth": {"type": "http", "scheme": "bearer"},
                 "apiKeyHeader": {"type": "apiKey", "in": "header", "name": "X-API-Key"},
+                "basicAuth": {"type": "http", "scheme": "basic"},
             },
         },
     }

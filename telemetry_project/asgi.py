@@ -10,9 +10,8 @@ django_asgi_app = get_asgi_application()
 
 from channels.auth import AuthMiddlewareStack  # noqa: E402
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
-from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E402
 
-from metrics.access import WebsocketLoginGuard  # noqa: E402
+from metrics.access import WebsocketLoginGuard, WebsocketOriginValidator  # noqa: E402
 from metrics.routing import websocket_urlpatterns  # noqa: E402
 from metrics.scheduler import start_if_enabled  # noqa: E402
 from telemetry_project.fastlane import LeanASGIHandler, route_http  # noqa: E402
@@ -22,9 +21,10 @@ application = ProtocolTypeRouter(
         # Agents' ingest posts skip Django's handler altogether (metrics.direct);
         # other ingestion skips the session/CSRF/auth middleware it never uses (fastlane).
         "http": route_http(django_asgi_app, LeanASGIHandler()),
-        # Origin checked against ALLOWED_HOSTS; then the session user is resolved
-        # and, when DASHBOARD_REQUIRE_LOGIN is on, anonymous handshakes are refused.
-        "websocket": AllowedHostsOriginValidator(
+        # A browser's Origin must be the server's own (scheme, host, port) or in
+        # CORS_ORIGINS; then the session user or API key is resolved and, when
+        # DASHBOARD_REQUIRE_LOGIN is on, anonymous handshakes are refused.
+        "websocket": WebsocketOriginValidator(
             AuthMiddlewareStack(WebsocketLoginGuard(URLRouter(websocket_urlpatterns)))
         ),
     }

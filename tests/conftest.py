@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pytest
 
-from metrics import ingest, stats, views
+from metrics import ingest, prom, stats, views
 from metrics.processor import rules
 
 
@@ -20,6 +20,7 @@ def _fresh_process_state():
     rules.invalidate()
     stats.reset()
     views.recent_health.clear()
+    prom.clear_cache()
     yield
     ingest.known.clear()
     rules.invalidate()

@@ -26,8 +26,6 @@ from tests.pgtools import PG_URL, count, dedicated_database, reachable
 
 pytestmark = [pytest.mark.live, pytest.mark.slow, pytest.mark.postgres]
 
-ORIGIN = Origin("http://127.0.0.1")
-
 
 @pytest.fixture
 def stack(tmp_path):
@@ -58,7 +56,7 @@ def _point(service: str, value: float) -> dict:
 
 
 async def _open(server: LiveServer, service: str):  # type: ignore[no-untyped-def]
-    ws = await websockets.connect(server.ws_url, origin=ORIGIN, open_timeout=20, max_size=None)
+    ws = await websockets.connect(server.ws_url, origin=Origin(server.url), open_timeout=20, max_size=None)
     assert orjson.loads(await asyncio.wait_for(ws.recv(), 15))["type"] == "initial"
     await ws.send(orjson.dumps({"action": "subscribe", "services": [service]}).decode())
     while orjson.loads(await asyncio.wait_for(ws.recv(), 15))["type"] != "subscribed":

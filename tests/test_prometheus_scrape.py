@@ -6,36 +6,56 @@ import contextlib
 import os
 import shutil
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import httpx
 import pytest
 
 from tests import pgtools
-from tests.live import LiveServer, free_port
+from tests.live import ROOT, LiveServer, free_port
 
 pytestmark = [pytest.mark.live, pytest.mark.slow]
 
 
 @contextlib.contextmanager
-def live_server(tmp_path: Path) -> Iterator[LiveServer]:
+def live_server(tmp_path: Path, **overrides: str) -> Iterator[LiveServer]:
     """SQLite file of its own; under the PostgreSQL run, a dedicated database of its own."""
     if os.environ.get("DATABASE_URL"):
         with (
             pgtools.dedicated_database("telemetry_prom") as url,
-            LiveServer(tmp_path, DATABASE_URL=url, migrate_first=False) as server,
+            LiveServer(tmp_path, DATABASE_URL=url, migrate_first=False, **overrides) as server,
         ):
             yield server
     else:
-        with LiveServer(tmp_path) as server:
+        with LiveServer(tmp_path, **overrides) as server:
             yield server
 
 
+def create_key(server: LiveServer, scopes: str) -> str:
+    code = f"from metrics.models import ApiKey; print(ApiKey.generate('prometheus', scopes={scopes!r})[1])"
+    out = subprocess.run(
+        [sys.executable, "manage.py", "shell", "-c", code],
+        cwd=ROOT,
+        env=server.env,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return out.stdout.strip().splitlines()[-1]
+
+
+def last_complete_minute() -> str:
+    """A timestamp inside the previous minute: telemetry_window covers complete minutes only."""
+    now = datetime.now(UTC)
+    return (now.replace(second=30, microsecond=0) - timedelta(minutes=1)).isoformat()
+
+
 @contextlib.contextmanager
-def prometheus(tmp_path: Path, target_port: int) -> Iterator[str]:
+def prometheus(tmp_path: Path, target_port: int, bearer: str | None = None) -> Iterator[str]:
     binary = shutil.which("prometheus")
     if binary is None:
         pytest.skip(
@@ -47,6 +67,7 @@ def prometheus(tmp_path: Path, target_port: int) -> Iterator[str]:
         "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\n"
         "scrape_configs:\n  - job_name: telemetry\n    metrics_path: /metrics/prometheus\n"
         f"    static_configs:\n      - targets: ['127.0.0.1:{target_port}']\n"
+        + (f"    authorization:\n      type: Bearer\n      credentials: {bearer}\n" if bearer else "")
     )
     with open(tmp_path / "prometheus.log", "wb") as log:
         proc = subprocess.Popen(
@@ -90,7 +111,7 @@ def test_a_real_prometheus_scrapes_the_ingested_values(tmp_path):
             "the prometheus server is not installed: apt-get install prometheus (Debian package), as .ci/run does"
         )
     with live_server(tmp_path) as server:
-        now = datetime.now(UTC).isoformat()
+        now = last_complete_minute()
         points = [
             {"timestamp": now, "service": "scraped", "metric_type": "latency", "value": 123.5},
             {"timestamp": now, "service": "scraped", "metric_type": "cpu", "value": 97.0},
@@ -106,5 +127,22 @@ def test_a_real_prometheus_scrapes_the_ingested_values(tmp_path):
             assert float(critical["value"][1]) == 1
             (ingested,) = query_until(base, "telemetry_points_ingested_total")
             assert float(ingested["value"][1]) == 2
+            (up,) = query_until(base, 'up{job="telemetry"}')
+            assert float(up["value"][1]) == 1
+
+
+def test_a_real_prometheus_scrapes_a_login_required_server_with_a_read_key(tmp_path):
+    if shutil.which("prometheus") is None:
+        pytest.skip(
+            "the prometheus server is not installed: apt-get install prometheus (Debian package), as .ci/run does"
+        )
+    with live_server(tmp_path, DASHBOARD_REQUIRE_LOGIN="1") as server:
+        key = create_key(server, "read")
+        assert httpx.get(server.url + "/metrics/prometheus", timeout=20).status_code == 401
+        point = {"timestamp": last_complete_minute(), "service": "locked", "metric_type": "cpu", "value": 12.0}
+        assert httpx.post(server.url + "/metrics/ingest", json=point, timeout=20).status_code == 200
+        with prometheus(tmp_path, server.port, bearer=key) as base:
+            (cpu,) = query_until(base, 'telemetry_value{service="locked",metric_type="cpu"}')
+            assert float(cpu["value"][1]) == 12.0
             (up,) = query_until(base, 'up{job="telemetry"}')
             assert float(up["value"][1]) == 1

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from datetime import UTC, datetime
+from http.cookies import Morsel
 
 import pytest
 import time_machine
 from django.contrib.auth import get_user_model
+from django.contrib.messages.storage.cookie import CookieStorage
 from django.utils import timezone
 
 from metrics.models import ApiKey, Point, hash_key
@@ -110,19 +113,38 @@ def test_it_records_when_a_key_was_last_used(client, keys_required):
     assert key.last_used_at is not None
 
 
-def test_the_admin_shows_a_new_key_once_and_stores_only_its_hash(client):
-    admin = get_user_model().objects.create_superuser("root", "root@example.com", "pw")
-    client.force_login(admin)
-    response = client.post("/admin/metrics/apikey/add/", {"name": "ci", "services": "api"}, follow=True)
+NEW_KEY = re.compile(r'value="(tm_[A-Za-z0-9_-]+)"')
+
+
+@pytest.fixture
+def admin_client(client):
+    client.force_login(get_user_model().objects.create_superuser("root", "root@example.com", "pw"))
+    return client
+
+
+def test_the_admin_shows_a_new_key_once_in_the_page_and_stores_only_its_hash(admin_client):
+    response = admin_client.post("/admin/metrics/apikey/add/", {"name": "ci", "services": "api", "scopes": "ingest"})
     assert response.status_code == 200
-    shown = [str(m) for m in response.context["messages"] if "copy it now" in str(m)]
-    assert len(shown) == 1
-    raw = shown[0].split(": ", 1)[1].strip()
+    assert "no-store" in response["Cache-Control"]
+    (raw,) = NEW_KEY.findall(response.content.decode())
     key = ApiKey.objects.get()
-    assert key.key_hash == hash_key(raw) and key.services == "api"
-    change_page = client.get(f"/admin/metrics/apikey/{key.pk}/change/")
+    assert key.key_hash == hash_key(raw) and key.services == "api" and key.scopes == "ingest"
+    change_page = admin_client.get(f"/admin/metrics/apikey/{key.pk}/change/")
     assert raw not in change_page.content.decode()
     assert key.prefix in change_page.content.decode()
+
+
+def test_a_new_key_never_travels_in_a_cookie_or_the_session(admin_client):
+    response = admin_client.post("/admin/metrics/apikey/add/", {"name": "ci", "services": "", "scopes": "ingest,read"})
+    (raw,) = NEW_KEY.findall(response.content.decode())
+    # Cookies as sent, and messages as Django would decode them from its signed cookie.
+    for morsel in response.cookies.values():
+        assert raw not in morsel.value
+    stored = CookieStorage(response.wsgi_request)._decode(admin_client.cookies.get("messages", Morsel()).value) or []
+    assert not [m for m in stored if raw in str(m)]
+    assert raw not in str(dict(admin_client.session.items()))
+    # Nothing queued for the next page either (session-stored messages included).
+    assert raw not in admin_client.get("/admin/metrics/apikey/").content.decode()
 
 
 def test_the_admin_revoke_action_revokes_at_once(client, keys_required):

@@ -25,7 +25,6 @@ from tests.pgtools import REDIS_URL, reachable
 
 pytestmark = [pytest.mark.live, pytest.mark.slow]
 
-ORIGIN = "http://127.0.0.1"
 STALL_SECONDS = 3
 
 
@@ -56,7 +55,7 @@ def unique(prefix: str = "svc") -> str:
 
 
 def connect(server: LiveServer, **kwargs):
-    return websockets.connect(server.ws_url, origin=Origin(ORIGIN), max_size=None, open_timeout=20, **kwargs)
+    return websockets.connect(server.ws_url, origin=Origin(server.url), max_size=None, open_timeout=20, **kwargs)
 
 
 async def next_frame(ws, timeout: float = 15.0) -> dict:
@@ -255,7 +254,7 @@ async def test_a_client_that_never_reads_is_cut_off_without_growing_memory_or_de
         # reading at the TCP level almost at once. It takes every point.
         raw = socket.create_connection(("127.0.0.1", server.port))
         raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-        stuck = await websockets.connect(server.ws_url, origin=Origin(ORIGIN), sock=raw, max_queue=1, max_size=None)
+        stuck = await websockets.connect(server.ws_url, origin=Origin(server.url), sock=raw, max_queue=1, max_size=None)
         assert health(server)["streaming"]["connections"] == 2
         with_stuck = await phase()
         total = 2 * requests_per_phase * 50

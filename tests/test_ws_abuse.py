@@ -51,7 +51,7 @@ def server(tmp_path_factory):
 
 
 def connect(server: LiveServer, **kwargs):  # type: ignore[no-untyped-def]
-    return websockets.connect(server.ws_url, origin=ORIGIN, open_timeout=20, **kwargs)
+    return websockets.connect(server.ws_url, origin=Origin(server.url), open_timeout=20, **kwargs)
 
 
 async def frame(ws, timeout: float = 15) -> dict:  # type: ignore[no-untyped-def]
@@ -74,7 +74,7 @@ def silent_reader(server: LiveServer) -> socket.socket:
     sock.sendall(
         (
             f"GET /ws/metrics HTTP/1.1\r\nHost: 127.0.0.1:{server.port}\r\nUpgrade: websocket\r\n"
-            f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\nOrigin: {ORIGIN}\r\n\r\n"
+            f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\nOrigin: {server.url}\r\n\r\n"
         ).encode()
     )
     head = b""

@@ -1,0 +1,134 @@
+"""API key scopes: `ingest` keys write, `read` keys read; a leaked agent key cannot read the data back.
+
+Reading (query API and /metrics/prometheus) also takes HTTP basic auth with a
+Django user, which is how Prometheus scrapers usually authenticate.
+"""
+
+from __future__ import annotations
+
+import base64
+from datetime import UTC, datetime
+
+import pytest
+import time_machine
+from django.contrib.auth import get_user_model
+
+from metrics import access
+from metrics.http import authenticate_key
+from metrics.models import ApiKey, Point
+
+from .otlp_builders import gauge, request
+
+pytestmark = pytest.mark.django_db
+
+NOW = "2026-11-28T00:05:00Z"
+POINT = {"timestamp": "2026-11-28T00:00:00Z", "service": "api", "metric_type": "latency", "value": 12.5}
+READ_PATHS = ["/metrics/query", "/metrics/services", "/metrics/alerts", "/metrics/prometheus"]
+
+
+@pytest.fixture(autouse=True)
+def frozen():
+    access._basic_ok.clear()
+    with time_machine.travel(datetime(2026, 11, 28, 0, 5, tzinfo=UTC)):
+        yield
+
+
+@pytest.fixture
+def login_required(telemetry):
+    return telemetry(DASHBOARD_REQUIRE_LOGIN=True, REQUIRE_API_KEY=True)
+
+
+def bearer(raw: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {raw}"}
+
+
+def basic(username: str, password: str) -> dict[str, str]:
+    return {"Authorization": "Basic " + base64.b64encode(f"{username}:{password}".encode()).decode()}
+
+
+@pytest.mark.parametrize("path", READ_PATHS)
+def test_every_read_endpoint_answers_401_without_credentials_when_login_is_required(client, login_required, path):
+    response = client.get(path)
+    assert response.status_code == 401
+    assert response.json()["details"][0]["field"] == "session"
+    assert response["WWW-Authenticate"].startswith("Bearer")
+
+
+@pytest.mark.parametrize("path", READ_PATHS)
+@pytest.mark.parametrize("header", ["Authorization", "X-API-Key"])
+def test_a_read_key_reads_when_login_is_required(client, login_required, path, header):
+    _, raw = ApiKey.generate("grafana", scopes="read")
+    value = f"Bearer {raw}" if header == "Authorization" else raw
+    assert client.get(path, headers={header: value}).status_code == 200
+
+
+@pytest.mark.parametrize("path", READ_PATHS)
+@pytest.mark.parametrize("require_login", [True, False])
+def test_an_ingest_only_key_cannot_read(client, telemetry, path, require_login):
+    telemetry(DASHBOARD_REQUIRE_LOGIN=require_login)
+    _, raw = ApiKey.generate("agent", scopes="ingest")
+    response = client.get(path, headers=bearer(raw))
+    assert response.status_code == 403
+    assert response.json()["details"][0]["field"] == "Authorization"
+    assert "may not read" in response.json()["error"]
+
+
+def test_an_unknown_key_is_refused_on_read_even_when_login_is_off(client, telemetry):
+    telemetry(DASHBOARD_REQUIRE_LOGIN=False)
+    assert client.get("/metrics/prometheus", headers=bearer("tm_wrong")).status_code == 401
+
+
+def test_a_read_only_key_cannot_ingest_json(client, login_required):
+    _, raw = ApiKey.generate("grafana", scopes="read")
+    response = client.post("/metrics/ingest", POINT, content_type="application/json", headers=bearer(raw))
+    assert response.status_code == 403
+    assert "may not ingest" in response.json()["error"]
+    assert Point.objects.count() == 0
+
+
+def test_a_read_only_key_cannot_send_otlp(client, login_required):
+    _, raw = ApiKey.generate("grafana", scopes="read")
+    body = request("api", gauge("system.cpu.utilization", "1", 0.5, NOW)).SerializeToString()
+    response = client.post("/v1/metrics", body, content_type="application/x-protobuf", headers=bearer(raw))
+    assert response.status_code == 403
+    assert Point.objects.count() == 0
+
+
+def test_an_ingest_key_ingests_and_keys_default_to_both_scopes(client, login_required):
+    _, agent = ApiKey.generate("agent", scopes="ingest")
+    response = client.post("/metrics/ingest", POINT, content_type="application/json", headers=bearer(agent))
+    assert response.status_code == 200
+    legacy, raw = ApiKey.generate("created before scopes existed")
+    assert legacy.has_scope("read") and legacy.has_scope("ingest")
+    assert client.get("/metrics/prometheus", headers=bearer(raw)).status_code == 200
+
+
+def test_authenticate_key_checks_ingest_scope_by_default(login_required):
+    _, raw = ApiKey.generate("grafana", scopes="read")
+    key, denied = authenticate_key(bearer(raw))
+    assert key is None and denied.status_code == 403
+    key, denied = authenticate_key(bearer(raw), scope="read")
+    assert denied is None and key.name == "grafana"
+
+
+def test_basic_auth_with_a_django_user_reads_when_login_is_required(client, login_required):
+    get_user_model().objects.create_user("prometheus", password="scrape-pw")
+    assert client.get("/metrics/prometheus", headers=basic("prometheus", "scrape-pw")).status_code == 200
+    assert client.get("/metrics/query", headers=basic("prometheus", "scrape-pw")).status_code == 200
+    wrong = client.get("/metrics/prometheus", headers=basic("prometheus", "guess"))
+    assert wrong.status_code == 401
+    assert wrong.json()["details"][0]["field"] == "Authorization"
+    assert client.get("/metrics/prometheus", headers={"Authorization": "Basic !!!"}).status_code == 401
+
+
+def test_basic_auth_stops_working_when_the_user_is_deactivated(client, login_required):
+    user = get_user_model().objects.create_user("prometheus", password="scrape-pw")
+    assert client.get("/metrics/prometheus", headers=basic("prometheus", "scrape-pw")).status_code == 200
+    user.is_active = False
+    user.save()
+    assert client.get("/metrics/prometheus", headers=basic("prometheus", "scrape-pw")).status_code == 401
+
+
+def test_a_logged_in_session_may_scrape(client, login_required):
+    client.force_login(get_user_model().objects.create_user("viewer", password="pw"))
+    assert client.get("/metrics/prometheus").status_code == 200

@@ -1,7 +1,7 @@
 from __future__ import annotations
 
 import orjson
-from django.contrib import admin, messages
+from django.contrib import admin
 from django.db import transaction
 from django.db.models import QuerySet
 from django.http import HttpRequest, HttpResponse

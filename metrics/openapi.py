@@ -457,7 +457,10 @@ PATHS: dict[str, Any] = {
                     for code, text in (
                         (400, "Undecodable body, or data the database refused; nothing stored, do not retry."),
                         (401, "Missing or invalid API key (when keys are required)."),
-                        (403, "The API key lacks the ingest scope, or is limited to other services; the whole request is refused."),
+                        (
+                            403,
+                            "The API key lacks the ingest scope, or is limited to other services; the whole request is refused.",
+                        ),
                         (405, "Method not allowed."),
                         (413, "Body over the limit, or more data points than INGEST_MAX_POINTS; do not retry as is."),
                         (415, "Unsupported Content-Type or Content-Encoding."),

@@ -100,6 +100,7 @@ def nested(depth: int, leaf: str = "x") -> AnyValue:
 
 def with_attribute(metric: metrics_pb2.Metric, key: str, value: AnyValue) -> metrics_pb2.Metric:
     kind = metric.WhichOneof("data")
+    assert kind is not None, "the metric has no data"
     for dp in getattr(metric, kind).data_points:
         dp.attributes.append(KeyValue(key=key, value=value))
     return metric

@@ -27,11 +27,11 @@ def live_server(tmp_path: Path, **overrides: str) -> Iterator[LiveServer]:
     if os.environ.get("DATABASE_URL"):
         with (
             pgtools.dedicated_database("telemetry_prom") as url,
-            LiveServer(tmp_path, DATABASE_URL=url, migrate_first=False, **overrides) as server,
+            LiveServer(tmp_path, migrate_first=False, env={**overrides, "DATABASE_URL": url}) as server,
         ):
             yield server
     else:
-        with LiveServer(tmp_path, **overrides) as server:
+        with LiveServer(tmp_path, env=overrides) as server:
             yield server
 
 

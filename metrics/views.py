@@ -24,6 +24,7 @@ from .writer import answer_seconds, write
 
 def _db_unavailable(exc: Exception) -> HttpResponse:
     stats.inc("db_unavailable")
+    recent_health.clear()  # fresher news than a cached "ok"
     response = error(f"Database unavailable: {type(exc).__name__}; retry shortly", 503, field="database")
     response["Retry-After"] = "2"
     return response
@@ -266,7 +267,10 @@ class RecentCheck:
 
     async def _refresh(self, run: Any) -> dict[str, Any]:
         value = await run()
-        self.value, self.at = value, time.monotonic()
+        # Only a healthy answer is reused: a failing check runs again on the
+        # next poll, so recovery shows at once (concurrent polls still share it).
+        if value["database"] == "ok" and value["channel_layer"] == "ok":
+            self.value, self.at = value, time.monotonic()
         return value
 
 
@@ -283,6 +287,8 @@ async def _run_health_checks() -> dict[str, Any]:
 
 @require_methods("GET")
 async def health(request: HttpRequest) -> HttpResponse:
+    if broadcast.degraded():
+        recent_health.clear()  # a failed broadcast is fresher news than a cached "ok"
     checks = await recent_health.get(_run_health_checks)
     healthy = checks["database"] == "ok"
     body = {

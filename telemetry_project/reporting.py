@@ -23,7 +23,8 @@ URL_PASSWORD = re.compile(r"(?P<head>\b[a-z][a-z0-9+.-]*://[^:/?#@\s]*:)[^@/?#\s
 
 
 def mask_url_passwords(text: str, substitute: str = SafeExceptionReporterFilter.cleansed_substitute) -> str:
-    return URL_PASSWORD.sub(lambda m: f"{m['head']}{substitute}@", text)
+    # str(): lazy strings (a CSP nonce in a frame) pass isinstance(str) but not re.sub.
+    return URL_PASSWORD.sub(lambda m: f"{m['head']}{substitute}@", str(text))
 
 
 class ConnectionSafeExceptionReporterFilter(SafeExceptionReporterFilter):

@@ -115,3 +115,18 @@ def test_a_recent_result_is_reused_until_it_is_older_than_the_cache(client, monk
     views.recent_health.at -= 3601  # the cached result is now an hour old
     client.get(URL)
     assert len(probes) == 2
+
+
+@pytest.mark.django_db
+def test_a_failing_check_is_not_reused_so_recovery_shows_on_the_next_poll(client, monkeypatch, telemetry):
+    from metrics import broadcast
+
+    answers = iter(["degraded: ConnectionError", "ok"])
+
+    async def flaky_probe(*args, **kwargs):
+        return next(answers)
+
+    monkeypatch.setattr(broadcast, "probe", flaky_probe)
+    telemetry(HEALTH_CACHE_SECONDS=3600)
+    assert client.get(URL).json()["status"] == "degraded"
+    assert client.get(URL).json()["status"] == "healthy"

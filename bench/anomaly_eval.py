@@ -237,9 +237,9 @@ def measure_cost(series_count: int, repeats: int) -> dict[str, Any]:
     from django.core.management import call_command
     from django.db import connection
 
-    from metrics import rollups
     from metrics.alerts import anomaly
     from metrics.models import METRIC_TYPES, AlertRule
+    from metrics.series import rollups
 
     call_command("migrate", verbosity=0)
     AlertRule.objects.update(anomaly=True)

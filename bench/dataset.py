@@ -2,7 +2,7 @@
 
 Raw points: `raw_seconds` of 1 Hz points for 25 series (5 services x 5 types),
 ending at the current minute, inserted with executemany (SQLite) or COPY
-(PostgreSQL). Rollups: the raw window is summarised by metrics.rollups.summarise
+(PostgreSQL). Rollups: the raw window is summarised by metrics.series.rollups.summarise
 (the code the server uses), and the days before it by the same function over
 generated values, `per_minute` values per series minute, so the 7-day query
 merges real sketches. RollupState marks everything before the end as rolled up.
@@ -140,8 +140,8 @@ def build(
     seed: int = 7,
     progress: Any = None,
 ) -> Dataset:
-    from metrics.ingest import tags_hash
-    from metrics.rollups import summarise
+    from metrics.ingest.store import tags_hash
+    from metrics.series.rollups import summarise
 
     t0 = time.perf_counter()
     rng = np.random.default_rng(seed)

@@ -1,4 +1,4 @@
-"""Chart data: one JSON endpoint per chart shape, built on metrics.query.
+"""Chart data: one JSON endpoint per chart shape, built on metrics.series.query.
 
 - percentiles: P50/P95/P99 per time bucket of one metric type, pooled over the
   selected services (the latency chart, every chart of a service page);
@@ -21,12 +21,12 @@ from django.db import OperationalError
 from django.db.models import Q
 from django.http import HttpRequest, HttpResponse
 
-from metrics import query, rollups, sketch
-from metrics.access import dashboard_data_access
 from metrics.alerts.anomaly import expected_band
-from metrics.http import FastJsonResponse, error, require_methods
+from metrics.alerts.rules import rules
+from metrics.api.access import dashboard_data_access
+from metrics.api.errors import FastJsonResponse, error, require_methods
 from metrics.models import METRIC_TYPES, Alert
-from metrics.processor import rules
+from metrics.series import query, rollups, sketch
 
 from . import selection as sel
 from .status import window_totals

@@ -16,9 +16,9 @@ from django.conf import settings
 from django.db import connection
 from django.db.models import Count, Sum
 
-from metrics import rollups
+from metrics.alerts.rules import rules
 from metrics.models import METRIC_TYPES, Alert, Point, Rollup, Service
-from metrics.processor import rules
+from metrics.series import rollups
 
 from .selection import Selection
 

@@ -17,10 +17,10 @@ from django.utils.http import url_has_allowed_host_and_scheme
 from django.views.decorators.http import require_GET, require_POST
 from django.views.decorators.vary import vary_on_headers
 
-from metrics import broadcast
-from metrics.access import alert_action_access, can_act_on_alerts, dashboard_access
 from metrics.alerts import notify as alert_notify
 from metrics.alerts import silences as alert_silences
+from metrics.api.access import alert_action_access, can_act_on_alerts, dashboard_access
+from metrics.live import publish as broadcast
 from metrics.models import METRIC_TYPES, Alert, Service
 
 from . import selection as sel

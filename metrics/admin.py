@@ -41,7 +41,7 @@ class ServiceAdmin(admin.ModelAdmin):
 
 def _forget_series() -> None:
     """After a delete: this process's ingest stops trusting the rows (others within ingest.TRUST)."""
-    from .ingest import known
+    from metrics.ingest.store import known
 
     transaction.on_commit(known.clear)
 

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
-from .validation import Row
+from metrics.ingest.validation import Row
 
 DEMO_SERVICES = ("auth", "api", "database", "cache", "queue")
 
@@ -134,8 +134,9 @@ def fill_history(
     points past the retention. Meant for a database without newer data, so
     that alerts see the points in time order.
     """
-    from . import retention, rollups
-    from .ingest import store
+    from metrics.ingest.store import store
+    from metrics.series import retention, rollups
+
     from .models import Alert
 
     began = time.perf_counter()

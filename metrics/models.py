@@ -46,7 +46,7 @@ class PointQuerySet(models.QuerySet["Point"]):
 
 
 class Point(models.Model):
-    """One raw measurement. Written in bulk by metrics.ingest, never one by one."""
+    """One raw measurement. Written in bulk by metrics.ingest.store, never one by one."""
 
     timestamp = models.DateTimeField()
     service = models.CharField(max_length=64)

@@ -11,14 +11,14 @@ django_asgi_app = get_asgi_application()
 from channels.auth import AuthMiddlewareStack  # noqa: E402
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 
-from metrics.access import WebsocketLoginGuard, WebsocketOriginValidator  # noqa: E402
-from metrics.routing import websocket_urlpatterns  # noqa: E402
-from metrics.scheduler import start_if_enabled  # noqa: E402
+from metrics.api.access import WebsocketLoginGuard, WebsocketOriginValidator  # noqa: E402
+from metrics.live.routing import websocket_urlpatterns  # noqa: E402
+from metrics.maintenance.runner import start_if_enabled  # noqa: E402
 from telemetry_project.fastlane import LeanASGIHandler, route_http  # noqa: E402
 
 application = ProtocolTypeRouter(
     {
-        # Agents' ingest posts skip Django's handler altogether (metrics.direct);
+        # Agents' ingest posts skip Django's handler altogether (metrics.api.ingest_app);
         # other ingestion skips the session/CSRF/auth middleware it never uses (fastlane).
         "http": route_http(django_asgi_app, LeanASGIHandler()),
         # A browser's Origin must be the server's own (scheme, host, port) or in
@@ -37,5 +37,5 @@ application = ProtocolTypeRouter(
 # and kept up with 1 ms (docs/reliability.md).
 sys.setswitchinterval(settings.TELEMETRY["GIL_SWITCH_INTERVAL_MS"] / 1000)
 
-# Roll-ups and retention run inside the serving process (see metrics.scheduler).
+# Roll-ups and retention run inside the serving process (see metrics.maintenance.runner).
 start_if_enabled()

@@ -20,13 +20,13 @@ from django.conf import settings
 from django.core.handlers.asgi import ASGIHandler
 from django.http import HttpRequest, HttpResponse
 
-from metrics import direct as direct_ingest
+from metrics.api import ingest_app as direct_ingest
 
 # Exact paths served by the lean handler; /metrics/ping is the benchmark's
 # trivial baseline and must pay the same per-request cost as ingestion.
 LEAN_PATHS = frozenset({"/metrics/ingest", "/v1/metrics", "/metrics/ping"})
 LEAN_MIDDLEWARE = [
-    "metrics.timing.RequestTimingMiddleware",
+    "metrics.api.timing.RequestTimingMiddleware",
     "corsheaders.middleware.CorsMiddleware",
     "telemetry_project.fastlane.ApiSecurityHeadersMiddleware",
 ]
@@ -63,7 +63,7 @@ class LeanASGIHandler(ASGIHandler):
 
 
 def route_http(full: Any, lean: Any) -> Callable[..., Awaitable[None]]:
-    """ASGI app: agents' ingest posts to metrics.direct, LEAN_PATHS to `lean`, the rest to `full`."""
+    """ASGI app: agents' ingest posts to metrics.api.ingest_app, LEAN_PATHS to `lean`, the rest to `full`."""
 
     async def app(scope: dict, receive: Callable, send: Callable) -> None:
         if direct_ingest.serves(scope):

@@ -158,7 +158,7 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     # First, so the request latencies in /metrics/prometheus include every layer.
-    "metrics.timing.RequestTimingMiddleware",
+    "metrics.api.timing.RequestTimingMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "corsheaders.middleware.CorsMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
@@ -276,12 +276,12 @@ AUTH_PASSWORD_VALIDATORS = [
 # Login throttling (django-axes) for the admin, the dashboard login and basic-auth
 # scrapes: after LOGIN_FAILURE_LIMIT wrong passwords for one username from one
 # IP address, that pair is locked out for LOGIN_LOCKOUT_MINUTES (reset on success).
-AUTHENTICATION_BACKENDS = ["metrics.access.LoginThrottleBackend", "django.contrib.auth.backends.ModelBackend"]
+AUTHENTICATION_BACKENDS = ["metrics.api.access.LoginThrottleBackend", "django.contrib.auth.backends.ModelBackend"]
 AXES_FAILURE_LIMIT = envint("LOGIN_FAILURE_LIMIT", 5, 1)
 AXES_COOLOFF_TIME = timedelta(minutes=envint("LOGIN_LOCKOUT_MINUTES", 15, 1))
 AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
 AXES_RESET_ON_SUCCESS = True
-AXES_LOCKOUT_CALLABLE = "metrics.access.lockout_response"
+AXES_LOCKOUT_CALLABLE = "metrics.api.access.lockout_response"
 AXES_DISABLE_ACCESS_LOG = True  # failures are what throttling needs; no table row per successful login
 
 LANGUAGE_CODE = "en-us"
@@ -300,7 +300,7 @@ CORS_ALLOW_CREDENTIALS = False
 CORS_ALLOW_HEADERS = (*default_headers, "x-api-key")
 CORS_URLS_REGEX = r"^/(metrics|v1)/.*$"
 CSRF_TRUSTED_ORIGINS = envlist("CSRF_TRUSTED_ORIGINS", [])
-CSRF_FAILURE_VIEW = "metrics.http.csrf_failure"
+CSRF_FAILURE_VIEW = "metrics.api.errors.csrf_failure"
 SECURE_CONTENT_TYPE_NOSNIFF = True
 X_FRAME_OPTIONS = "DENY"
 if not DEBUG:
@@ -341,7 +341,7 @@ TELEMETRY: dict[str, Any] = {
     "DASHBOARD_REQUIRE_LOGIN": envbool("DASHBOARD_REQUIRE_LOGIN", False),
     "MAX_SERIES_PER_SERVICE": envint("MAX_SERIES_PER_SERVICE", 1000, 1),
     "MAX_SERVICES": envint("MAX_SERVICES", 500, 1),
-    # Ingest writes go to one group-commit writer thread (metrics.writer) and
+    # Ingest writes go to one group-commit writer thread (metrics.ingest.writer) and
     # query reads to reused worker threads, each keeping its connection, instead
     # of Django's new thread (and new connection) per request. Off in
     # tests/settings.py: pytest-django holds each test's transaction on the test
@@ -360,7 +360,7 @@ TELEMETRY: dict[str, Any] = {
     # database; per-service rules edited in the admin win over both.
     "THRESHOLD_OVERRIDES": threshold_overrides(os.environ),
     # OTLP metric name -> {"metric_type": ..., "unit": ..., "scale": ...}, merged over the
-    # defaults in metrics/otlp.py (docs/send-metrics.md has the table).
+    # defaults in metrics/ingest/otlp.py (docs/send-metrics.md has the table).
     "OTLP_METRIC_MAP": envjson("OTLP_METRIC_MAP", {}),
     # A histogram data point with more buckets is rejected (partial_success).
     "OTLP_MAX_HISTOGRAM_BUCKETS": envint("OTLP_MAX_HISTOGRAM_BUCKETS", 256, 1),

@@ -9,8 +9,11 @@ from __future__ import annotations
 
 import pytest
 
-from metrics import ingest, prom, stats, views
-from metrics.processor import rules
+import metrics.ingest.store as ingest
+from metrics import stats
+from metrics.alerts.rules import rules
+from metrics.api import prometheus as prom
+from metrics.api import views
 
 
 @pytest.fixture(autouse=True)

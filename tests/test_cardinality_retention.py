@@ -16,9 +16,9 @@ import pytest
 import time_machine
 from django.core.management import call_command
 
-from metrics import ingest as ingest_module
-from metrics import retention
+import metrics.ingest.store as ingest_module
 from metrics.models import Point, Rollup, Series, Service
+from metrics.series import retention
 
 pytestmark = pytest.mark.django_db
 

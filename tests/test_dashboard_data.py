@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import time_machine
 
-from metrics import rollups
-from metrics.ingest import store
-from metrics.validation import validate_points
+from metrics.ingest.store import store
+from metrics.ingest.validation import validate_points
+from metrics.series import rollups
 
 pytestmark = pytest.mark.django_db
 

@@ -14,9 +14,9 @@ import pytest
 import time_machine
 from django.contrib.auth import get_user_model
 
-from metrics.ingest import store
+from metrics.ingest.store import store
+from metrics.ingest.validation import validate_points
 from metrics.models import Alert
-from metrics.validation import validate_points
 
 pytestmark = pytest.mark.django_db
 

@@ -14,8 +14,8 @@ from datetime import UTC, datetime, timedelta
 import pytest
 import time_machine
 
-from metrics import query, rollups
 from metrics.models import Rollup
+from metrics.series import query, rollups
 
 pytestmark = pytest.mark.django_db
 

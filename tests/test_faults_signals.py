@@ -132,7 +132,7 @@ def test_scheduler_in_a_server_stops_on_sigterm_with_consistent_rollups(tmp_path
 
 @pytest.mark.django_db(transaction=True)
 def test_scheduler_stop_ends_its_thread_between_steps(telemetry):
-    from metrics.scheduler import Scheduler
+    from metrics.maintenance.runner import Scheduler
 
     telemetry(ROLLUP_INTERVAL_SECONDS=1, PRUNE_INTERVAL_SECONDS=3600)
     scheduler = Scheduler()

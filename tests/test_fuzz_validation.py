@@ -1,4 +1,4 @@
-"""Property tests of metrics.validation: any input is either valid rows or a 4xx naming a field.
+"""Property tests of metrics.ingest.validation: any input is either valid rows or a 4xx naming a field.
 
 Hypothesis generates arbitrary JSON shapes, point-like objects with hostile
 fields (huge and tiny numbers, NaN/Infinity, unicode and control characters,
@@ -15,7 +15,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from metrics.validation import RANGES, SERVICE_RE, ValidationErrors, extract_points, parse_json, validate_points
+from metrics.ingest.validation import RANGES, SERVICE_RE, ValidationErrors, extract_points, parse_json, validate_points
 
 NOW = datetime(2026, 11, 28, 12, 0, tzinfo=UTC)
 FUZZ = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])

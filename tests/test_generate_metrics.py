@@ -12,9 +12,9 @@ import time_machine
 from django.core.management import CommandError, call_command
 
 from metrics.demo import DEMO_SERVICES, DemoSource
-from metrics.ingest import store
+from metrics.ingest.store import store
+from metrics.ingest.validation import validate_points
 from metrics.models import METRIC_TYPES, Alert, Point, Rollup, RollupState, Service
-from metrics.validation import validate_points
 from tests.live import LiveServer
 
 pytestmark = pytest.mark.django_db

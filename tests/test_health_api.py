@@ -8,7 +8,7 @@ import httpx
 import pytest
 from django.db import OperationalError
 
-from metrics import views
+from metrics.api import views
 from metrics.models import Service
 from tests.live import LiveServer, free_port
 
@@ -77,7 +77,7 @@ def test_concurrent_polls_share_one_database_and_channel_layer_check(monkeypatch
 
     from django.test import AsyncClient
 
-    from metrics import broadcast
+    from metrics.live import publish as broadcast
 
     probes = []
     real_probe = broadcast.probe
@@ -99,7 +99,7 @@ def test_concurrent_polls_share_one_database_and_channel_layer_check(monkeypatch
 
 @pytest.mark.django_db
 def test_a_recent_result_is_reused_until_it_is_older_than_the_cache(client, monkeypatch, telemetry):
-    from metrics import broadcast
+    from metrics.live import publish as broadcast
 
     probes = []
 
@@ -119,7 +119,7 @@ def test_a_recent_result_is_reused_until_it_is_older_than_the_cache(client, monk
 
 @pytest.mark.django_db
 def test_a_failing_check_is_not_reused_so_recovery_shows_on_the_next_poll(client, monkeypatch, telemetry):
-    from metrics import broadcast
+    from metrics.live import publish as broadcast
 
     answers = iter(["degraded: ConnectionError", "ok"])
 

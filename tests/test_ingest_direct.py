@@ -1,6 +1,6 @@
 """The direct ASGI front door for agents' POST /metrics/ingest, against a real daphne server.
 
-Agents (no Origin header) are served by metrics.direct, outside Django's
+Agents (no Origin header) are served by metrics.api.ingest_app, outside Django's
 handler; these pin that it answers exactly like the Django view for every
 status, and that browsers' requests (with Origin) still go through Django.
 """
@@ -12,7 +12,7 @@ import sqlite3
 import httpx
 import pytest
 
-from metrics.direct import serves
+from metrics.api.ingest_app import serves
 from tests.live import LiveServer
 
 POINT = {"timestamp": "2026-11-28T07:00:00Z", "service": "api", "metric_type": "latency", "value": 12.5}

@@ -12,9 +12,9 @@ from datetime import UTC, datetime
 import pytest
 import time_machine
 
-from metrics import writer as writer_module
+from metrics.ingest import writer as writer_module
+from metrics.ingest.validation import Row
 from metrics.models import Point
-from metrics.validation import Row
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

@@ -1,6 +1,6 @@
 """Notifications reach real local receivers: the signed Alertmanager webhook, email over SMTP, Apprise JSON.
 
-Alert changes go through metrics.processor.evaluate inside a transaction, as
+Alert changes go through metrics.alerts.rules.evaluate inside a transaction, as
 ingestion does, so the outbox rows are the ones production writes; the
 maintenance runner's pass (outbox.deliver_due) sends them over real sockets.
 The clock is time-machine's; receivers are waited for, never slept on.
@@ -19,9 +19,9 @@ from django.db import transaction
 
 from metrics.alerts import notify, outbox
 from metrics.alerts.models import ContactPoint, Notification
+from metrics.alerts.rules import evaluate
+from metrics.ingest.validation import Row
 from metrics.models import Alert
-from metrics.processor import evaluate
-from metrics.validation import Row
 from tests.notify_receivers import HttpReceiver, SmtpReceiver
 
 pytestmark = pytest.mark.django_db

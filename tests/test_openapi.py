@@ -10,7 +10,7 @@ from django.urls import URLPattern, URLResolver, get_resolver
 from openapi_schema_validator import OAS31Validator
 from openapi_spec_validator import validate as validate_spec
 
-from metrics.openapi import document
+from metrics.api.openapi import document
 
 pytestmark = pytest.mark.django_db
 

@@ -17,7 +17,8 @@ from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import ExportM
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
 from opentelemetry.proto.metrics.v1 import metrics_pb2
 
-from metrics import otlp, otlp_views
+from metrics.api import otlp as otlp_views
+from metrics.ingest import otlp
 from metrics.models import Point, SketchContribution
 
 from .otlp_builders import gauge, histogram, nanos, nested, request, with_attribute

@@ -1,4 +1,4 @@
-"""metrics.otlp: how OTLP metrics map onto points, rates and histogram sketch contributions."""
+"""metrics.ingest.otlp: how OTLP metrics map onto points, rates and histogram sketch contributions."""
 
 from __future__ import annotations
 
@@ -7,9 +7,10 @@ import pytest
 import time_machine
 from django.core.exceptions import ImproperlyConfigured
 
-from metrics import otlp, query, rollups, sketch
-from metrics.ingest import store
+from metrics.ingest import otlp
+from metrics.ingest.store import store
 from metrics.models import Point, SketchContribution
+from metrics.series import query, rollups, sketch
 
 from .otlp_builders import CUMULATIVE, counter, gauge, histogram, request
 

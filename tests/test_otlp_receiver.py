@@ -13,7 +13,8 @@ from google.protobuf import json_format
 from google.rpc import status_pb2
 from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import ExportMetricsServiceResponse
 
-from metrics import otlp, otlp_views
+from metrics.api import otlp as otlp_views
+from metrics.ingest import otlp
 from metrics.models import ApiKey, Point
 
 from .otlp_builders import gauge, histogram, request

@@ -6,7 +6,8 @@ import pytest
 import time_machine
 from django.db import OperationalError
 
-from metrics import otlp, otlp_views
+from metrics.api import otlp as otlp_views
+from metrics.ingest import otlp
 from metrics.models import ApiKey, Point
 
 from .otlp_builders import CUMULATIVE, counter, histogram, request

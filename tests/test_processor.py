@@ -1,4 +1,4 @@
-"""The alert lifecycle, driven through metrics.processor.evaluate directly (no HTTP).
+"""The alert lifecycle, driven through metrics.alerts.rules.evaluate directly (no HTTP).
 
 Points carry literal timestamps (T0 + n seconds), so the seconds-based hysteresis
 is tested without any clock at all.
@@ -10,9 +10,9 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from metrics.alerts.rules import evaluate, rules, series_status
+from metrics.ingest.validation import Row
 from metrics.models import Alert, AlertRule
-from metrics.processor import evaluate, rules, series_status
-from metrics.validation import Row
 
 pytestmark = pytest.mark.django_db
 

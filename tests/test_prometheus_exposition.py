@@ -12,8 +12,9 @@ from django.db import connection
 from django.test.utils import CaptureQueriesContext
 from prometheus_client.parser import text_string_to_metric_families
 
-from metrics import prom, rollups
+from metrics.api import prometheus as prom
 from metrics.models import Point
+from metrics.series import rollups
 
 pytestmark = pytest.mark.django_db
 

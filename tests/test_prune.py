@@ -14,10 +14,10 @@ import pytest
 import time_machine
 from django.core.management import call_command
 
-from metrics import retention, rollups
-from metrics.ingest import store
+from metrics.ingest.store import store
+from metrics.ingest.validation import Row, validate_points
 from metrics.models import Alert, Point, Rollup, RollupState
-from metrics.validation import Row, validate_points
+from metrics.series import retention, rollups
 
 pytestmark = pytest.mark.django_db
 

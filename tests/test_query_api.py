@@ -14,10 +14,10 @@ import pytest
 import time_machine
 from hypothesis import strategies as st
 
-from metrics import rollups
-from metrics.ingest import store
+from metrics.ingest.store import store
+from metrics.ingest.validation import Row
 from metrics.models import RollupState
-from metrics.validation import Row
+from metrics.series import rollups
 
 pytestmark = pytest.mark.django_db
 

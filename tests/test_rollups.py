@@ -13,10 +13,10 @@ import numpy as np
 import pytest
 import time_machine
 
-from metrics import query, rollups, sketch
-from metrics.ingest import store
+from metrics.ingest.store import store
+from metrics.ingest.validation import Row, validate_points
 from metrics.models import Point, Rollup, RollupState
-from metrics.validation import Row, validate_points
+from metrics.series import query, rollups, sketch
 
 pytestmark = pytest.mark.django_db
 

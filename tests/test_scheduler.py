@@ -13,12 +13,13 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from metrics import retention, rollups, scheduler
 from metrics.alerts import anomaly
-from metrics.ingest import store
+from metrics.ingest.store import store
+from metrics.ingest.validation import Row
+from metrics.maintenance import runner as scheduler
+from metrics.maintenance.runner import Scheduler
 from metrics.models import Point, Rollup
-from metrics.scheduler import Scheduler
-from metrics.validation import Row
+from metrics.series import retention, rollups
 from tests.live import LiveServer, migrate
 
 

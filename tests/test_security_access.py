@@ -10,7 +10,7 @@ from django.contrib.auth import get_user_model
 from django.http import HttpResponse
 from django.test import RequestFactory
 
-from metrics.access import alert_action_access, can_act_on_alerts, staff_required
+from metrics.api.access import alert_action_access, can_act_on_alerts, staff_required
 
 pytestmark = pytest.mark.django_db
 

@@ -13,8 +13,8 @@ import pytest
 import time_machine
 from django.contrib.auth import get_user_model
 
-from metrics import access
-from metrics.http import authenticate_key
+from metrics.api import access
+from metrics.api.errors import authenticate_key
 from metrics.models import ApiKey, Point
 
 from .otlp_builders import gauge, request

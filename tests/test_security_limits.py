@@ -117,7 +117,7 @@ def test_the_series_cap_counts_series_stored_by_other_instances(ingest, telemetr
     """The count comes from the Series table, not from this process's memory."""
     telemetry(REQUIRE_API_KEY=False, MAX_SERIES_PER_SERVICE=2)
     assert ingest([point(endpoint="/a"), point(endpoint="/b")]).status_code == 200
-    from metrics import ingest as ingest_module
+    import metrics.ingest.store as ingest_module
 
     ingest_module.known.clear()  # a fresh process: nothing cached
     assert ingest(point(endpoint="/c")).status_code == 429

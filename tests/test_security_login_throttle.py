@@ -15,7 +15,7 @@ from django.contrib.auth import get_user_model
 from django.contrib.auth.forms import AuthenticationForm
 from django.test import RequestFactory
 
-from metrics import access
+from metrics.api import access
 
 pytestmark = pytest.mark.django_db
 

@@ -18,7 +18,7 @@ from django.contrib.auth import get_user_model
 from django.utils import timezone
 from websockets.typing import Origin
 
-from metrics.access import websocket_allowed
+from metrics.api.access import websocket_allowed
 from metrics.models import ApiKey
 from telemetry_project.asgi import application
 from tests.live import ROOT, LiveServer

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import time_machine
 
-from metrics.ingest import store
+from metrics.ingest.store import store
+from metrics.ingest.validation import Row
 from metrics.models import Service
-from metrics.validation import Row
 
 pytestmark = pytest.mark.django_db
 

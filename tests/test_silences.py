@@ -10,12 +10,12 @@ from django.contrib.auth import get_user_model
 from django.db import transaction
 from django.test import Client
 
-from metrics import retention
 from metrics.alerts import notify, outbox
 from metrics.alerts.models import ContactPoint, Notification, Silence
+from metrics.alerts.rules import evaluate
+from metrics.ingest.validation import Row
 from metrics.models import Alert
-from metrics.processor import evaluate
-from metrics.validation import Row
+from metrics.series import retention
 from tests.notify_receivers import HttpReceiver
 
 pytestmark = pytest.mark.django_db

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from metrics import sketch
+from metrics.series import sketch
 
 QS = (0.5, 0.95, 0.99)
 TOLERANCE = 0.01 + 1e-9

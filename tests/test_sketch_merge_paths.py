@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from metrics import sketch
+from metrics.series import sketch
 
 
 def _random_blobs(rng: np.random.Generator, n_groups: int, n_blobs: int) -> tuple[list[bytes], np.ndarray]:

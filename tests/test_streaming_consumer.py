@@ -1,4 +1,4 @@
-"""MetricsConsumer in process (WebsocketCommunicator) and the publishing side (metrics.broadcast).
+"""MetricsConsumer in process (WebsocketCommunicator) and the publishing side (metrics.live.publish).
 
 Each test gets its own event loop, and so its own fan-out hub; the in-memory
 channel layer is the default here.
@@ -15,7 +15,9 @@ from channels.layers import InMemoryChannelLayer
 from channels.testing import WebsocketCommunicator
 from django.db import connections
 
-from metrics import broadcast, fanout, stats
+from metrics import stats
+from metrics.live import fanout
+from metrics.live import publish as broadcast
 from metrics.models import Point
 from telemetry_project.asgi import application
 

@@ -11,16 +11,8 @@ import functools
 
 import orjson
 
-from metrics import fanout
-from metrics.streaming import (
-    Outbox,
-    RateLimit,
-    Subscription,
-    Throttle,
-    Update,
-    batch_frames,
-    handle_client_message,
-)
+from metrics.live import fanout
+from metrics.live.protocol import Outbox, RateLimit, Subscription, Throttle, Update, batch_frames, handle_client_message
 
 
 def point(service="api", metric_type="latency", value=1.0, **tags):

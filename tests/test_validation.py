@@ -1,4 +1,4 @@
-"""Unit tests for metrics.validation: every bad-input class, named by index and field.
+"""Unit tests for metrics.ingest.validation: every bad-input class, named by index and field.
 
 `NOW` is the literal clock every call uses, so future/retention checks need no sleeping.
 """
@@ -9,7 +9,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from metrics.validation import ValidationErrors, extract_points, parse_json, parse_timestamp, validate_points
+from metrics.ingest.validation import ValidationErrors, extract_points, parse_json, parse_timestamp, validate_points
 
 NOW = datetime(2026, 1, 15, 12, 0, 0, tzinfo=UTC)
 

@@ -1,4 +1,4 @@
-"""The group-commit writer (metrics.writer) run as production runs it: its own thread, real commits.
+"""The group-commit writer (metrics.ingest.writer) run as production runs it: its own thread, real commits.
 
 Each test builds a GroupWriter of its own and holds its jobs at chosen points
 with events, so a group's composition and timing are decided by the test,
@@ -12,8 +12,8 @@ import threading
 
 import pytest
 
+from metrics.ingest.writer import ABANDONED, COMMITTING, Abandoned, GroupWriter, wait
 from metrics.models import Service
-from metrics.writer import ABANDONED, COMMITTING, Abandoned, GroupWriter, wait
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

@@ -30,9 +30,9 @@ from typing import Any
 import numpy as np
 from django.db import IntegrityError, connection, transaction
 
-from metrics import rollups
+from metrics.alerts.rules import UNIT_SUFFIX
 from metrics.models import Alert, AlertRule
-from metrics.processor import UNIT_SUFFIX
+from metrics.series import rollups
 
 log = logging.getLogger(__name__)
 
@@ -453,7 +453,7 @@ def _open(
 
 
 def _publish(alerts: list[Alert]) -> None:
-    from metrics import broadcast
+    from metrics.live import publish as broadcast
 
     payload = [dict(a.to_dict()) for a in alerts]
     transaction.on_commit(lambda: broadcast.publish_soon([], payload))

@@ -1,6 +1,6 @@
 """The outbox runner: claim due notifications, send them in parallel, record the answer.
 
-Called every tick by the maintenance runner (metrics.scheduler). Guarantees:
+Called every tick by the maintenance runner (metrics.maintenance.runner). Guarantees:
 - a row is claimed (a lease in `claimed_until`, taken by a conditional
   UPDATE, so it works on SQLite and PostgreSQL alike) before it is sent, so two
   runners never send it both;

@@ -11,10 +11,10 @@ import orjson
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 
-from metrics import broadcast
 from metrics.demo import DEMO_SERVICES, DemoSource, database_is_empty, fill_history
-from metrics.ingest import store
-from metrics.validation import SERVICE_RE, ValidationErrors, validate_points
+from metrics.ingest.store import store
+from metrics.ingest.validation import SERVICE_RE, ValidationErrors, validate_points
+from metrics.live import publish as broadcast
 
 
 class Command(BaseCommand):

@@ -1,6 +1,6 @@
 from django.core.management.base import BaseCommand
 
-from metrics.retention import prune
+from metrics.series.retention import prune
 
 
 class Command(BaseCommand):

@@ -13,9 +13,9 @@ from datetime import UTC, datetime, timedelta
 from django.conf import settings
 from django.db import connection, transaction
 
-from . import rollups
-from .alerts import silences as alert_silences
-from .models import Alert
+from metrics.alerts import silences as alert_silences
+from metrics.models import Alert
+from metrics.series import rollups
 
 BATCH = 5_000
 # Pause between delete batches. SQLite has one writer: a loop that starts its
@@ -153,7 +153,7 @@ def prune_series(points_cut: datetime, rollups_cut: datetime, dry_run: bool = Fa
         # This process's ingest cache would trust the deleted rows for up to a
         # minute more; other processes' caches wait out ingest.TRUST, which
         # IDLE_MARGIN exceeds.
-        from .ingest import known
+        from metrics.ingest.store import known
 
         known.clear()
     return series, services

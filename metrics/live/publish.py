@@ -4,7 +4,7 @@ One message per accepted request (`{"type": "metrics.batch", "points", "alerts"}
 published after commit and never awaited by the ingest answer:
 
 - In-memory layer: the message goes straight to this process's fan-out hub
-  (metrics.fanout), the only listener that layer can have. Going through
+  (metrics.live.fanout), the only listener that layer can have. Going through
   `group_send` would deep-copy it per group member for nothing.
 - Any other layer (Redis): a per-loop publisher sends the messages one after
   another with `group_send`, so their order is kept and a slow layer backs up
@@ -23,7 +23,8 @@ from typing import Any
 
 from channels.layers import get_channel_layer
 
-from . import fanout, stats
+from metrics import stats
+from metrics.live import fanout
 
 log = logging.getLogger(__name__)
 GROUP = fanout.GROUP

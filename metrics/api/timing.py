@@ -8,7 +8,7 @@ from collections.abc import Callable
 from asgiref.sync import iscoroutinefunction, markcoroutinefunction
 from django.http import HttpRequest, HttpResponse
 
-from . import stats
+from metrics import stats
 
 
 def _route(request: HttpRequest) -> str:

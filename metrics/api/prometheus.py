@@ -27,8 +27,9 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from . import query, rollups, sketch, stats
-from .models import Alert
+from metrics import stats
+from metrics.models import Alert
+from metrics.series import query, rollups, sketch
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 QUANTILES = (("0.5", "p50"), ("0.95", "p95"), ("0.99", "p99"))

@@ -13,13 +13,23 @@ from django.db import DatabaseError, OperationalError, close_old_connections, co
 from django.http import HttpRequest, HttpResponse
 from django.views.decorators.csrf import csrf_exempt
 
-from . import broadcast, query, stats
-from .access import api_access
-from .http import FastJsonResponse, authenticate_key, credentials, error, error_from, json_body, require_methods
-from .ingest import store
-from .models import Alert, Service, iso
-from .validation import ValidationErrors, error_item, extract_points, parse_json, validate_points
-from .writer import answer_seconds, write
+from metrics import stats
+from metrics.api.access import api_access
+from metrics.api.errors import (
+    FastJsonResponse,
+    authenticate_key,
+    credentials,
+    error,
+    error_from,
+    json_body,
+    require_methods,
+)
+from metrics.ingest.store import store
+from metrics.ingest.validation import ValidationErrors, error_item, extract_points, parse_json, validate_points
+from metrics.ingest.writer import answer_seconds, write
+from metrics.live import publish as broadcast
+from metrics.models import Alert, Service, iso
+from metrics.series import query
 
 
 def _db_unavailable(exc: Exception) -> HttpResponse:

@@ -13,9 +13,9 @@ from django.conf import settings
 from django.db import connection
 from orjson import Fragment
 
-from . import rollups, sketch
-from .models import METRIC_TYPES, Alert, Service, iso
-from .validation import SERVICE_RE, ValidationErrors, error_item, parse_timestamp, timestamp_problem
+from metrics.ingest.validation import SERVICE_RE, ValidationErrors, error_item, parse_timestamp, timestamp_problem
+from metrics.models import METRIC_TYPES, Alert, Service, iso
+from metrics.series import rollups, sketch
 
 AGGREGATIONS = ("raw", "1m", "5m", "1h", "auto")
 FIXED_BUCKETS = {"1m": 60, "5m": 300, "1h": 3600}

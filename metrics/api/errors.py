@@ -13,8 +13,8 @@ from django.conf import settings
 from django.http import HttpRequest, HttpResponse
 from django.utils import timezone
 
-from .models import ApiKey, hash_key
-from .validation import ValidationErrors, error_item
+from metrics.ingest.validation import ValidationErrors, error_item
+from metrics.models import ApiKey, hash_key
 
 
 class FastJsonResponse(HttpResponse):
@@ -67,7 +67,7 @@ def authenticate_key(
     but unknown or revoked is refused even when keys are optional: a client
     with a wrong key should learn it rather than write anonymously. A missing
     key is refused only for ingest when REQUIRE_API_KEY is on; whether reading
-    needs credentials at all is metrics.access's decision (DASHBOARD_REQUIRE_LOGIN).
+    needs credentials at all is metrics.api.access's decision (DASHBOARD_REQUIRE_LOGIN).
     """
     raw = api_key_from(headers)
     if not raw:

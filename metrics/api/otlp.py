@@ -24,11 +24,13 @@ from django.views.decorators.csrf import csrf_exempt
 from google.protobuf import json_format
 from google.rpc import code_pb2, status_pb2
 
-from . import broadcast, otlp, stats
-from .http import authenticate_key, credentials
-from .ingest import store
-from .validation import ValidationErrors
-from .writer import write
+from metrics import stats
+from metrics.api.errors import authenticate_key, credentials
+from metrics.ingest import otlp
+from metrics.ingest.store import store
+from metrics.ingest.validation import ValidationErrors
+from metrics.ingest.writer import write
+from metrics.live import publish as broadcast
 
 PROTOBUF = "application/x-protobuf"
 JSON = "application/json"

@@ -37,7 +37,7 @@ from django.http import HttpRequest, HttpResponse, HttpResponseForbidden
 from django.http.request import split_domain_port, validate_host
 from django.shortcuts import render
 
-from .models import ApiKey
+from metrics.models import ApiKey
 
 
 def login_required_enabled() -> bool:
@@ -74,7 +74,7 @@ def _page_check(request: HttpRequest) -> HttpResponse | None:
 
 
 def _api_check(request: HttpRequest) -> HttpResponse | None:
-    from .http import api_key_from, authenticate_key, error
+    from metrics.api.errors import api_key_from, authenticate_key, error
 
     if api_key_from(request.headers):
         # A key that is sent must be valid and allowed to read, login or not.
@@ -138,7 +138,7 @@ def _basic_user(request: HttpRequest, username: str, password: str) -> Any:
 
 
 def _staff_check(request: HttpRequest) -> HttpResponse | None:
-    from .http import error
+    from metrics.api.errors import error
 
     if not _authenticated(request.user):
         return error("Login required: acting on alerts needs a staff user", 401, field="session")
@@ -208,7 +208,7 @@ def _header(scope: dict[str, Any], name: bytes) -> str | None:
 
 def websocket_key(scope: dict[str, Any]) -> str | None:
     """The raw API key of a handshake: Authorization: Bearer, X-API-Key, or ?api_key=."""
-    from .http import api_key_from
+    from metrics.api.errors import api_key_from
 
     headers = {"Authorization": _header(scope, b"authorization") or "", "X-API-Key": _header(scope, b"x-api-key")}
     raw = api_key_from({k: v for k, v in headers.items() if v})
@@ -234,7 +234,7 @@ class WebsocketLoginGuard:
         if scope["type"] == "websocket":
             raw = websocket_key(scope)
             if raw:
-                from .http import authenticate_key
+                from metrics.api.errors import authenticate_key
 
                 key, denied = await database_sync_to_async(authenticate_key)({"X-API-Key": raw}, ApiKey.READ)
                 if denied is not None:
@@ -344,7 +344,7 @@ def lockout_response(request: HttpRequest, original_response: Any = None, creden
     minutes = int(settings.AXES_COOLOFF_TIME.total_seconds() // 60)
     message = f"Too many failed logins: locked out for {minutes} minutes"
     if request.path.startswith(("/metrics/", "/v1/")):
-        from .http import error
+        from metrics.api.errors import error
 
         response = error(message, 429, field="Authorization")
     else:

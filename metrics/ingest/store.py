@@ -19,10 +19,11 @@ from django.conf import settings
 from django.db import connection, transaction
 from django.urls import NoReverseMatch, reverse
 
-from . import rollups, stats
-from .models import Alert, PointDict, iso
-from .processor import evaluate
-from .validation import Row, ValidationErrors, error_item
+from metrics import stats
+from metrics.alerts.rules import evaluate
+from metrics.ingest.validation import Row, ValidationErrors, error_item
+from metrics.models import Alert, PointDict, iso
+from metrics.series import rollups
 
 
 @dataclass

@@ -29,7 +29,7 @@ from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.db import close_old_connections, connection, transaction
 
-from . import stats
+from metrics import stats
 
 log = logging.getLogger(__name__)
 

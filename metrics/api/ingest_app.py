@@ -22,9 +22,9 @@ from django.conf import settings
 from django.http import HttpResponse
 from django.utils.http import parse_header_parameters
 
-from . import stats
-from .http import refuse_content_type, refuse_size
-from .views import ingest_body
+from metrics import stats
+from metrics.api.errors import refuse_content_type, refuse_size
+from metrics.api.views import ingest_body
 
 PATH = "/metrics/ingest"
 

@@ -1,7 +1,7 @@
 """The /ws/metrics consumer. Thin: join the hub, send the snapshot, apply client messages.
 
-The protocol lives in metrics.streaming (plain functions), delivery in
-metrics.fanout (per-process hub, per-connection outbox and sender task).
+The protocol lives in metrics.live.protocol (plain functions), delivery in
+metrics.live.fanout (per-process hub, per-connection outbox and sender task).
 """
 
 from __future__ import annotations
@@ -12,7 +12,9 @@ from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
 from django.conf import settings
 
-from . import fanout, stats, streaming
+from metrics import stats
+from metrics.live import fanout
+from metrics.live import protocol as streaming
 
 
 class MetricsConsumer(AsyncWebsocketConsumer):

@@ -17,7 +17,7 @@ from typing import Any
 import orjson
 from django.conf import settings
 
-from .models import METRIC_TYPES
+from metrics.models import METRIC_TYPES
 
 SERVICE_RE = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 CONTROL_CHARS = re.compile(r"[\x00-\x1f\x7f]")

@@ -27,8 +27,8 @@ from typing import Any
 
 from channels.layers import InMemoryChannelLayer, get_channel_layer
 
-from . import stats
-from .streaming import Outbox, Throttle, Update
+from metrics import stats
+from metrics.live.protocol import Outbox, Throttle, Update
 
 log = logging.getLogger(__name__)
 GROUP = "metrics"

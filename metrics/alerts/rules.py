@@ -24,9 +24,9 @@ from datetime import timedelta
 from django.conf import settings
 from django.db import IntegrityError, connection, transaction
 
-from .alerts import notify
-from .models import Alert, AlertRule
-from .validation import Row
+from metrics.alerts import notify
+from metrics.ingest.validation import Row
+from metrics.models import Alert, AlertRule
 
 # Seed defaults: (warning, critical, direction). Throughput alerts when it drops.
 DEFAULT_RULES: dict[str, tuple[float, float, str]] = {

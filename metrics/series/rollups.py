@@ -17,8 +17,8 @@ from typing import Any
 import numpy as np
 from django.db import connection, transaction
 
-from . import sketch
-from .models import RollupState
+from metrics.models import RollupState
+from metrics.series import sketch
 
 log = logging.getLogger(__name__)
 MINUTE = 60

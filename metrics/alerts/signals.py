@@ -1,8 +1,8 @@
 from django.db.models.signals import post_delete, post_save
 from django.dispatch import receiver
 
-from .models import AlertRule
-from .processor import rules
+from metrics.alerts.rules import rules
+from metrics.models import AlertRule
 
 
 @receiver([post_save, post_delete], sender=AlertRule)

@@ -1,6 +1,6 @@
 from django.urls import path
 
-from .consumers import MetricsConsumer
+from metrics.live.consumer import MetricsConsumer
 
 websocket_urlpatterns = [
     path("ws/metrics", MetricsConsumer.as_asgi()),

@@ -5,9 +5,10 @@ from __future__ import annotations
 from django.db import OperationalError
 from django.http import HttpRequest, HttpResponse
 
-from . import openapi, prom
-from .access import api_access
-from .http import FastJsonResponse, error, require_methods
+from metrics.api import openapi
+from metrics.api import prometheus as prom
+from metrics.api.access import api_access
+from metrics.api.errors import FastJsonResponse, error, require_methods
 
 
 @require_methods("GET")

@@ -1,6 +1,7 @@
 from django.urls import path
 
-from . import export_views, views
+from metrics.api import export as export_views
+from metrics.api import views
 
 app_name = "metrics"
 urlpatterns = [

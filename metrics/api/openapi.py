@@ -11,7 +11,7 @@ from typing import Any
 
 from django.conf import settings
 
-from .models import METRIC_TYPES
+from metrics.models import METRIC_TYPES
 
 JSON = "application/json"
 AGGREGATIONS = ["raw", "1m", "5m", "1h", "auto"]

@@ -1,7 +1,7 @@
 """The /ws/metrics protocol as plain code: subscriptions, client messages, frames, outboxes.
 
 Nothing here touches the network or the event loop, so all of it is tested
-directly. metrics.fanout drives it: one `Update` per channel-layer message,
+directly. metrics.live.fanout drives it: one `Update` per channel-layer message,
 one `Outbox` per connection.
 
 Frames are assembled from JSON fragments serialised once per update and per
@@ -18,7 +18,7 @@ from typing import Any
 
 import orjson
 
-from .models import METRIC_TYPES, Point, PointDict, iso
+from metrics.models import METRIC_TYPES, Point, PointDict, iso
 
 INITIAL_POINTS = 50
 # Largest number of points put in one {"type": "metrics"} frame; a bigger

@@ -1,0 +1,1 @@
+"""Background maintenance: the one runner that rolls up completed minutes and prunes."""

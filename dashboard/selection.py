@@ -13,7 +13,7 @@ from urllib.parse import urlencode
 
 from django.http import HttpRequest
 
-from metrics.ingest.validation import SERVICE_RE
+from metrics.points import SERVICE_RE
 
 RANGES: dict[str, int] = {"15m": 900, "1h": 3600, "6h": 6 * 3600, "24h": 24 * 3600, "7d": 7 * 24 * 3600}
 DEFAULT_RANGE = "1h"

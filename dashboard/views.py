@@ -17,10 +17,10 @@ from django.utils.http import url_has_allowed_host_and_scheme
 from django.views.decorators.http import require_GET, require_POST
 from django.views.decorators.vary import vary_on_headers
 
+from metrics import events
 from metrics.alerts import notify as alert_notify
 from metrics.alerts import silences as alert_silences
 from metrics.api.access import alert_action_access, can_act_on_alerts, dashboard_access
-from metrics.live import publish as broadcast
 from metrics.models import METRIC_TYPES, Alert, Service
 
 from . import selection as sel
@@ -138,7 +138,7 @@ def _publish(alert: Alert) -> None:
 
     Fire-and-forget like ingestion: a slow channel layer never delays the answer.
     """
-    broadcast.publish_soon([], [dict(alert.to_dict())])
+    events.announce([], [dict(alert.to_dict())])
 
 
 def _page_path(request: HttpRequest) -> str:

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
-from metrics.ingest.validation import Row
+from metrics.points import Row
 
 DEMO_SERVICES = ("auth", "api", "database", "cache", "queue")
 
@@ -135,7 +135,8 @@ def fill_history(
     that alerts see the points in time order.
     """
     from metrics.ingest.store import store
-    from metrics.series import retention, rollups
+    from metrics.maintenance import retention
+    from metrics.series import rollups
 
     from .models import Alert
 

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import hashlib
 import secrets
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import TypedDict
 
 from django.conf import settings
@@ -10,26 +10,10 @@ from django.db import models
 from django.db.models import Q
 from django.utils import timezone
 
+from metrics.points import PointDict, iso
+
 METRIC_TYPES = ("latency", "error_rate", "throughput", "cpu", "memory")
 METRIC_TYPE_CHOICES = [(m, m) for m in METRIC_TYPES]
-
-
-def iso(dt: datetime | None) -> str | None:
-    """ISO-8601 in UTC with a trailing Z, the one timestamp spelling on the wire."""
-    if dt is None:
-        return None
-    if dt.tzinfo is not None:
-        dt = dt.astimezone(UTC)
-    text = dt.replace(tzinfo=None).isoformat()
-    return text + "Z"
-
-
-class PointDict(TypedDict):
-    timestamp: str
-    service: str
-    metric_type: str
-    value: float
-    tags: dict
 
 
 class PointQuerySet(models.QuerySet["Point"]):

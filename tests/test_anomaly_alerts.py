@@ -13,8 +13,8 @@ import pytest
 
 from metrics.alerts import anomaly
 from metrics.alerts.rules import evaluate as evaluate_thresholds
-from metrics.ingest.validation import Row
 from metrics.models import Alert, AlertRule, Rollup, RollupState
+from metrics.points import Row
 
 pytestmark = pytest.mark.django_db
 
@@ -131,8 +131,9 @@ def test_a_threshold_alert_and_an_anomaly_alert_fire_together_for_one_series(nor
 
 
 def test_the_maintenance_runner_evaluates_after_each_roll_up(monkeypatch, telemetry):
+    from metrics.maintenance import retention
     from metrics.maintenance.runner import Scheduler
-    from metrics.series import retention, rollups
+    from metrics.series import rollups
 
     telemetry(ROLLUP_INTERVAL_SECONDS=15, PRUNE_INTERVAL_SECONDS=600)
     log: list[str] = []

@@ -17,8 +17,8 @@ import time_machine
 from django.core.management import call_command
 
 import metrics.ingest.store as ingest_module
+from metrics.maintenance import retention
 from metrics.models import Point, Rollup, Series, Service
-from metrics.series import retention
 
 pytestmark = pytest.mark.django_db
 

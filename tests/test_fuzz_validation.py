@@ -15,7 +15,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from metrics.ingest.validation import RANGES, SERVICE_RE, ValidationErrors, extract_points, parse_json, validate_points
+from metrics.errors import ValidationErrors
+from metrics.ingest.validation import RANGES, extract_points, parse_json, validate_points
+from metrics.points import SERVICE_RE
 
 NOW = datetime(2026, 11, 28, 12, 0, tzinfo=UTC)
 FUZZ = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])

@@ -13,8 +13,8 @@ import pytest
 import time_machine
 
 from metrics.ingest import writer as writer_module
-from metrics.ingest.validation import Row
 from metrics.models import Point
+from metrics.points import Row
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

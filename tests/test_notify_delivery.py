@@ -20,8 +20,8 @@ from django.db import transaction
 from metrics.alerts import notify, outbox
 from metrics.alerts.models import ContactPoint, Notification
 from metrics.alerts.rules import evaluate
-from metrics.ingest.validation import Row
 from metrics.models import Alert
+from metrics.points import Row
 from tests.notify_receivers import HttpReceiver, SmtpReceiver
 
 pytestmark = pytest.mark.django_db

@@ -11,8 +11,8 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from metrics.alerts.rules import evaluate, rules, series_status
-from metrics.ingest.validation import Row
 from metrics.models import Alert, AlertRule
+from metrics.points import Row
 
 pytestmark = pytest.mark.django_db
 

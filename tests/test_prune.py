@@ -15,9 +15,11 @@ import time_machine
 from django.core.management import call_command
 
 from metrics.ingest.store import store
-from metrics.ingest.validation import Row, validate_points
+from metrics.ingest.validation import validate_points
+from metrics.maintenance import retention
 from metrics.models import Alert, Point, Rollup, RollupState
-from metrics.series import retention, rollups
+from metrics.points import Row
+from metrics.series import rollups
 
 pytestmark = pytest.mark.django_db
 

@@ -15,8 +15,8 @@ import time_machine
 from hypothesis import strategies as st
 
 from metrics.ingest.store import store
-from metrics.ingest.validation import Row
 from metrics.models import RollupState
+from metrics.points import Row
 from metrics.series import rollups
 
 pytestmark = pytest.mark.django_db

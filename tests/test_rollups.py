@@ -14,8 +14,9 @@ import pytest
 import time_machine
 
 from metrics.ingest.store import store
-from metrics.ingest.validation import Row, validate_points
+from metrics.ingest.validation import validate_points
 from metrics.models import Point, Rollup, RollupState
+from metrics.points import Row
 from metrics.series import query, rollups, sketch
 
 pytestmark = pytest.mark.django_db

@@ -15,11 +15,12 @@ import pytest
 
 from metrics.alerts import anomaly
 from metrics.ingest.store import store
-from metrics.ingest.validation import Row
+from metrics.maintenance import retention
 from metrics.maintenance import runner as scheduler
 from metrics.maintenance.runner import Scheduler
 from metrics.models import Point, Rollup
-from metrics.series import retention, rollups
+from metrics.points import Row
+from metrics.series import rollups
 from tests.live import LiveServer, migrate
 
 

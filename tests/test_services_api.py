@@ -9,8 +9,8 @@ import pytest
 import time_machine
 
 from metrics.ingest.store import store
-from metrics.ingest.validation import Row
 from metrics.models import Service
+from metrics.points import Row
 
 pytestmark = pytest.mark.django_db
 

@@ -13,9 +13,9 @@ from django.test import Client
 from metrics.alerts import notify, outbox
 from metrics.alerts.models import ContactPoint, Notification, Silence
 from metrics.alerts.rules import evaluate
-from metrics.ingest.validation import Row
+from metrics.maintenance import retention
 from metrics.models import Alert
-from metrics.series import retention
+from metrics.points import Row
 from tests.notify_receivers import HttpReceiver
 
 pytestmark = pytest.mark.django_db

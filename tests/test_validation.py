@@ -9,7 +9,9 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from metrics.ingest.validation import ValidationErrors, extract_points, parse_json, parse_timestamp, validate_points
+from metrics.errors import ValidationErrors
+from metrics.ingest.validation import extract_points, parse_json, validate_points
+from metrics.points import parse_timestamp
 
 NOW = datetime(2026, 1, 15, 12, 0, 0, tzinfo=UTC)
 

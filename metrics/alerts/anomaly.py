@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 from django.db import IntegrityError, connection, transaction
 
+from metrics import events
 from metrics.alerts.rules import UNIT_SUFFIX
 from metrics.models import Alert, AlertRule
 from metrics.series import rollups
@@ -453,10 +454,7 @@ def _open(
 
 
 def _publish(alerts: list[Alert]) -> None:
-    from metrics.live import publish as broadcast
-
-    payload = [dict(a.to_dict()) for a in alerts]
-    transaction.on_commit(lambda: broadcast.publish_soon([], payload))
+    events.announce_on_commit([], [dict(a.to_dict()) for a in alerts])
 
 
 # --- The expected band for charts ------------------------------------------------

@@ -25,8 +25,8 @@ from django.conf import settings
 from django.db import IntegrityError, connection, transaction
 
 from metrics.alerts import notify
-from metrics.ingest.validation import Row
 from metrics.models import Alert, AlertRule
+from metrics.points import Row
 
 # Seed defaults: (warning, critical, direction). Throughput alerts when it drops.
 DEFAULT_RULES: dict[str, tuple[float, float, str]] = {

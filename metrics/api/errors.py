@@ -13,7 +13,7 @@ from django.conf import settings
 from django.http import HttpRequest, HttpResponse
 from django.utils import timezone
 
-from metrics.ingest.validation import ValidationErrors, error_item
+from metrics.errors import ValidationErrors, error_item
 from metrics.models import ApiKey, hash_key
 
 

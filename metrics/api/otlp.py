@@ -24,13 +24,12 @@ from django.views.decorators.csrf import csrf_exempt
 from google.protobuf import json_format
 from google.rpc import code_pb2, status_pb2
 
-from metrics import stats
+from metrics import events, stats
 from metrics.api.errors import authenticate_key, credentials
+from metrics.errors import ValidationErrors
 from metrics.ingest import otlp
 from metrics.ingest.store import store
-from metrics.ingest.validation import ValidationErrors
 from metrics.ingest.writer import write
-from metrics.live import publish as broadcast
 
 PROTOBUF = "application/x-protobuf"
 JSON = "application/json"
@@ -164,6 +163,6 @@ async def export_metrics(request: HttpRequest) -> HttpResponse:
     stats.inc("otlp_points_rejected", mapped.rejected)
     stats.inc("otlp_unknown_metrics", sum(mapped.unknown.values()))
     if result is not None:
-        broadcast.publish_soon(result.points, [a.to_dict() for a in result.changed])
+        events.announce(result.points, [a.to_dict() for a in result.changed])
     payload = otlp.encode_response(mapped.rejected, otlp.summary_message(mapped), as_json)
     return HttpResponse(payload, content_type=JSON if as_json else PROTOBUF)

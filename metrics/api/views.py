@@ -13,7 +13,7 @@ from django.db import DatabaseError, OperationalError, close_old_connections, co
 from django.http import HttpRequest, HttpResponse
 from django.views.decorators.csrf import csrf_exempt
 
-from metrics import stats
+from metrics import events, stats
 from metrics.api.access import api_access
 from metrics.api.errors import (
     FastJsonResponse,
@@ -24,11 +24,13 @@ from metrics.api.errors import (
     json_body,
     require_methods,
 )
+from metrics.errors import ValidationErrors, error_item
 from metrics.ingest.store import store
-from metrics.ingest.validation import ValidationErrors, error_item, extract_points, parse_json, validate_points
+from metrics.ingest.validation import extract_points, parse_json, validate_points
 from metrics.ingest.writer import answer_seconds, write
 from metrics.live import publish as broadcast
-from metrics.models import Alert, Service, iso
+from metrics.models import Alert, Service
+from metrics.points import iso
 from metrics.series import query
 
 
@@ -140,7 +142,7 @@ async def ingest_body(auth: dict[str, str], body: bytes) -> HttpResponse:
         return _db_unavailable(exc)
     if result is not None:
         # After commit (the group committed), one message for the whole request.
-        broadcast.publish_soon(result.points, [a.to_dict() for a in result.changed])
+        events.announce(result.points, [a.to_dict() for a in result.changed])
     return response
 
 

@@ -46,8 +46,10 @@ from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue
 from opentelemetry.proto.metrics.v1 import metrics_pb2
 
-from metrics.ingest.validation import MAX_VALUE, RANGES, Row, ValidationErrors, validate_points
+from metrics.errors import ValidationErrors
+from metrics.ingest.validation import MAX_VALUE, RANGES, validate_points
 from metrics.models import METRIC_TYPES
+from metrics.points import Row
 from metrics.series import sketch
 from metrics.series.rollups import MINUTE, MinuteSummaries
 

@@ -21,8 +21,9 @@ from django.urls import NoReverseMatch, reverse
 
 from metrics import stats
 from metrics.alerts.rules import evaluate
-from metrics.ingest.validation import Row, ValidationErrors, error_item
-from metrics.models import Alert, PointDict, iso
+from metrics.errors import ValidationErrors, error_item
+from metrics.models import Alert
+from metrics.points import PointDict, Row, iso
 from metrics.series import rollups
 
 

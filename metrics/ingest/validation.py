@@ -10,16 +10,16 @@ from __future__ import annotations
 import json
 import math
 import re
-from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import orjson
 from django.conf import settings
 
+from metrics.errors import ValidationErrors, error_item
 from metrics.models import METRIC_TYPES
+from metrics.points import NAIVE_IS_UTC, SERVICE_RE, Row, is_naive, parse_timestamp, timestamp_problem
 
-SERVICE_RE = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 CONTROL_CHARS = re.compile(r"[\x00-\x1f\x7f]")
 # Beyond ASCII, characters that change how text around them displays: C1
 # controls, bidirectional overrides and isolates (U+202E makes "gpj.exe" read
@@ -38,26 +38,6 @@ RANGES: dict[str, tuple[float, float | None]] = {
 }
 UNITS = {"latency": "ms", "error_rate": "fraction 0-1", "throughput": "req/s", "cpu": "%", "memory": "%"}
 MAX_VALUE = 1e15
-
-
-@dataclass(frozen=True, slots=True)
-class Row:
-    timestamp: datetime
-    service: str
-    metric_type: str
-    value: float
-    tags: dict[str, Any]
-
-
-@dataclass
-class ValidationErrors(Exception):
-    message: str
-    details: list[dict[str, Any]] = field(default_factory=list)
-    status: int = 400
-
-
-def error_item(index: int | None, field_name: str, message: str) -> dict[str, Any]:
-    return {"index": index, "field": field_name, "message": message}
 
 
 def parse_json(body: bytes) -> Any:
@@ -102,58 +82,6 @@ def extract_points(payload: Any, max_points: int) -> list[Any]:
             status=413,
         )
     return points
-
-
-_ts_cache: dict[str, datetime] = {}
-
-UNPARSEABLE_TIMESTAMP = "unparseable; use ISO-8601 like 2024-01-01T12:00:00Z"
-NAIVE_IS_UTC = "naive timestamps (no Z or offset) are read as UTC; add Z or your offset, such as +09:00"
-
-
-class TimestampError(ValueError):
-    """A timestamp that parses but cannot be used; its text is the message for the client."""
-
-
-def timestamp_problem(exc: Exception) -> str:
-    return str(exc) if isinstance(exc, TimestampError) else UNPARSEABLE_TIMESTAMP
-
-
-def is_naive(raw: Any) -> bool:
-    """Whether `raw` is an ISO-8601 text without a zone (numbers are Unix seconds, always UTC)."""
-    if not isinstance(raw, str):
-        return False
-    try:
-        return datetime.fromisoformat(raw.strip()).tzinfo is None
-    except ValueError:
-        return False
-
-
-def parse_timestamp(raw: Any) -> datetime:
-    """An aware UTC datetime; ValueError (TimestampError with a message) when it cannot be one."""
-    if isinstance(raw, str):
-        cached = _ts_cache.get(raw)
-        if cached is not None:
-            return cached
-        text = raw.strip()
-        if not text or len(text) > 40:
-            raise ValueError("not an ISO-8601 timestamp")
-        dt = datetime.fromisoformat(text)
-        try:
-            dt = dt.replace(tzinfo=UTC) if dt.tzinfo is None else dt.astimezone(UTC)
-        except OverflowError:
-            # 0001-01-01T00:00:00+01:00 is in year 0 in UTC, which datetime cannot hold.
-            raise TimestampError("out of range: outside the years 1-9999 in UTC") from None
-        if len(_ts_cache) > 4096:
-            _ts_cache.clear()
-        _ts_cache[raw] = dt
-        return dt
-    if isinstance(raw, int | float) and not isinstance(raw, bool):
-        # Unix seconds: what many agents send. Milliseconds are a common mistake,
-        # so values that only make sense as ms are rejected, not misread.
-        if not math.isfinite(raw) or raw < 0 or raw > 1e11:
-            raise TimestampError("numeric timestamps are Unix seconds, between 0 and 1e11")
-        return datetime.fromtimestamp(raw, tz=UTC)
-    raise ValueError("expected an ISO-8601 string")
 
 
 def _validate_tags(tags: Any, index: int, errors: list[dict[str, Any]], limits: dict[str, int]) -> dict[str, Any]:

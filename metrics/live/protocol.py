@@ -18,7 +18,8 @@ from typing import Any
 
 import orjson
 
-from metrics.models import METRIC_TYPES, Point, PointDict, iso
+from metrics.models import METRIC_TYPES, Point
+from metrics.points import PointDict, iso
 
 INITIAL_POINTS = 50
 # Largest number of points put in one {"type": "metrics"} frame; a bigger

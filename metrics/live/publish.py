@@ -122,6 +122,11 @@ def _publish_on_loop(msg: dict[str, Any]) -> None:
         _publisher().put(msg)
 
 
+def on_committed(sender: Any, points: list[dict[str, Any]], alerts: list[dict[str, Any]], **kwargs: Any) -> None:
+    """Receiver of metrics.events.committed (connected in MetricsConfig.ready): publish what was committed."""
+    publish_soon(points, alerts)
+
+
 def publish_soon(points: list[dict[str, Any]], alerts: list[dict[str, Any]]) -> None:
     """Hand one request's points and alert changes to the broadcast without waiting for it."""
     if not points and not alerts:

@@ -42,7 +42,8 @@ class Scheduler:
     def tick(self, now_monotonic: float | None = None) -> None:
         """One scheduling pass: run whatever is due."""
         from metrics.alerts import anomaly, outbox
-        from metrics.series import retention, rollups
+        from metrics.maintenance import retention
+        from metrics.series import rollups
 
         conf = settings.TELEMETRY
         now = time.monotonic() if now_monotonic is None else now_monotonic

@@ -13,8 +13,9 @@ from django.conf import settings
 from django.db import connection
 from orjson import Fragment
 
-from metrics.ingest.validation import SERVICE_RE, ValidationErrors, error_item, parse_timestamp, timestamp_problem
-from metrics.models import METRIC_TYPES, Alert, Service, iso
+from metrics.errors import ValidationErrors, error_item
+from metrics.models import METRIC_TYPES, Alert, Service
+from metrics.points import SERVICE_RE, iso, parse_timestamp, timestamp_problem
 from metrics.series import rollups, sketch
 
 AGGREGATIONS = ("raw", "1m", "5m", "1h", "auto")

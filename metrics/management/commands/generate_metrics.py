@@ -11,10 +11,12 @@ import orjson
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 
+from metrics import events
 from metrics.demo import DEMO_SERVICES, DemoSource, database_is_empty, fill_history
+from metrics.errors import ValidationErrors
 from metrics.ingest.store import store
-from metrics.ingest.validation import SERVICE_RE, ValidationErrors, validate_points
-from metrics.live import publish as broadcast
+from metrics.ingest.validation import validate_points
+from metrics.points import SERVICE_RE
 
 
 class Command(BaseCommand):
@@ -105,7 +107,7 @@ class Command(BaseCommand):
             except ValidationErrors as exc:
                 raise CommandError(f"{exc.message}: {exc.details[:3]}") from None
             points_out: list[dict[str, Any]] = [dict(p) for p in result.points]
-            broadcast.publish_soon(points_out, [dict(a.to_dict()) for a in result.changed])
+            events.announce(points_out, [dict(a.to_dict()) for a in result.changed])
         self.sent += len(points)
 
     def backfill(self, hours: float, step: int) -> None:

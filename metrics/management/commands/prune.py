@@ -1,6 +1,6 @@
 from django.core.management.base import BaseCommand
 
-from metrics.series.retention import prune
+from metrics.maintenance.retention import prune
 
 
 class Command(BaseCommand):

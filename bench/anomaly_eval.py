@@ -238,7 +238,8 @@ def measure_cost(series_count: int, repeats: int) -> dict[str, Any]:
     from django.db import connection
 
     from metrics.alerts import anomaly
-    from metrics.models import METRIC_TYPES, AlertRule
+    from metrics.kinds import METRIC_TYPES
+    from metrics.models import AlertRule
     from metrics.series import rollups
 
     call_command("migrate", verbosity=0)

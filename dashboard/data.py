@@ -25,7 +25,8 @@ from metrics.alerts.anomaly import expected_band
 from metrics.alerts.rules import rules
 from metrics.api.access import dashboard_data_access
 from metrics.api.errors import FastJsonResponse, error, require_methods
-from metrics.models import METRIC_TYPES, Alert
+from metrics.kinds import METRIC_TYPES
+from metrics.models import Alert
 from metrics.series import query, rollups, sketch
 
 from . import selection as sel

@@ -17,32 +17,14 @@ from django.db import connection
 from django.db.models import Count, Sum
 
 from metrics.alerts.rules import rules
-from metrics.models import METRIC_TYPES, Alert, Point, Rollup, Service
+from metrics.kinds import KINDS, METRIC_TYPES
+from metrics.models import Alert, Point, Rollup, Service
 from metrics.series import rollups
 
 from .selection import Selection
 
 SeriesKey = tuple[str, str]
 STATUS_RANK = {"stale": 0, "healthy": 1, "warning": 2, "critical": 3}
-LABELS = {
-    "latency": "Latency",
-    "error_rate": "Error rate",
-    "throughput": "Throughput",
-    "cpu": "CPU",
-    "memory": "Memory",
-}
-
-
-def format_value(metric_type: str, value: float | None) -> str:
-    if value is None:
-        return "–"
-    if metric_type == "latency":
-        return f"{value:,.0f} ms" if value >= 10 else f"{value:.1f} ms"
-    if metric_type == "error_rate":
-        return f"{value * 100:.2f}%"
-    if metric_type == "throughput":
-        return f"{value:,.0f} req/s"
-    return f"{value:.1f}%"
 
 
 def window_totals(start: datetime, end: datetime, services: list[str] | None) -> dict[SeriesKey, tuple[float, int]]:
@@ -131,11 +113,11 @@ class Card:
 
     @property
     def current_text(self) -> str:
-        return format_value(self.metric_type, self.current)
+        return KINDS[self.metric_type].format(self.current)
 
     @property
     def average_text(self) -> str:
-        return format_value(self.metric_type, self.average)
+        return KINDS[self.metric_type].format(self.average)
 
     @property
     def change_text(self) -> str:
@@ -146,8 +128,8 @@ class Card:
 def _combine(
     metric_type: str, per_service: dict[str, float], totals: dict[SeriesKey, tuple[float, int]]
 ) -> float | None:
-    """Throughput adds up across services; every other type is averaged over its points."""
-    if metric_type == "throughput":
+    """Additive kinds (throughput) add up across services; the others are averaged over their points."""
+    if KINDS[metric_type].additive:
         return sum(per_service.values()) if per_service else None
     total = sum(totals[(s, metric_type)][0] for s in per_service)
     count = sum(totals[(s, metric_type)][1] for s in per_service)
@@ -185,7 +167,7 @@ def cards(selection: Selection, snapshot: Snapshot | None = None) -> list[Card]:
     out = []
     for metric_type in METRIC_TYPES:
         now_values = {s: v for (s, m), v in current.items() if m == metric_type}
-        if metric_type == "throughput":
+        if KINDS[metric_type].additive:
             current_value = sum(now_values.values()) if now_values else None
         else:
             current_value = sum(now_values.values()) / len(now_values) if now_values else None
@@ -194,7 +176,7 @@ def cards(selection: Selection, snapshot: Snapshot | None = None) -> list[Card]:
         out.append(
             Card(
                 metric_type=metric_type,
-                label=LABELS[metric_type],
+                label=KINDS[metric_type].label,
                 current=current_value,
                 average=_combine(metric_type, averages.get(metric_type, {}), totals),
                 previous=_combine(metric_type, previous_averages.get(metric_type, {}), previous_totals),
@@ -213,7 +195,7 @@ class Cell:
 
     @property
     def value_text(self) -> str:
-        return format_value(self.metric_type, self.value)
+        return KINDS[self.metric_type].format(self.value)
 
 
 @dataclass

@@ -21,7 +21,8 @@ from metrics import events
 from metrics.alerts import notify as alert_notify
 from metrics.alerts import silences as alert_silences
 from metrics.api.access import alert_action_access, can_act_on_alerts, dashboard_access
-from metrics.models import METRIC_TYPES, Alert, Service
+from metrics.kinds import KINDS, METRIC_TYPES
+from metrics.models import Alert, Service
 
 from . import selection as sel
 from . import status
@@ -105,8 +106,7 @@ SERVICE_FRAGMENTS: dict[str, tuple[str, Callable[[sel.Selection], Context]]] = {
     "service-body": ("dashboard/_service_body.html", lambda s: {**_service_cards(s), **_alerts(s)}),
 }
 SERVICE_CHARTS = [
-    {"id": f"svc-{m.replace('_', '-')}", "metric": m, "title": f"{status.LABELS[m]}: P50, P95, P99"}
-    for m in METRIC_TYPES
+    {"id": f"svc-{m.replace('_', '-')}", "metric": m, "title": f"{KINDS[m].label}: P50, P95, P99"} for m in METRIC_TYPES
 ]
 
 

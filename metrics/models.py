@@ -10,10 +10,8 @@ from django.db import models
 from django.db.models import Q
 from django.utils import timezone
 
+from metrics.kinds import ABOVE, BELOW, METRIC_TYPE_CHOICES
 from metrics.points import PointDict, iso
-
-METRIC_TYPES = ("latency", "error_rate", "throughput", "cpu", "memory")
-METRIC_TYPE_CHOICES = [(m, m) for m in METRIC_TYPES]
 
 
 class PointQuerySet(models.QuerySet["Point"]):
@@ -176,8 +174,8 @@ class RollupState(models.Model):
 
 
 class AlertRule(models.Model):
-    ABOVE = "above"
-    BELOW = "below"
+    ABOVE = ABOVE
+    BELOW = BELOW
     DIRECTION_CHOICES = [(ABOVE, "above"), (BELOW, "below")]
 
     metric_type = models.CharField(max_length=16, choices=METRIC_TYPE_CHOICES)

@@ -17,6 +17,8 @@ from typing import Any
 from corsheaders.defaults import default_headers
 from django.core.exceptions import ImproperlyConfigured
 
+from metrics.kinds import METRIC_TYPES
+
 BASE_DIR = Path(__file__).resolve().parent.parent
 
 _TRUE = {"1", "true", "yes", "on"}
@@ -77,12 +79,9 @@ def envchoice(name: str, default: str, choices: set[str]) -> str:
     return value
 
 
-_THRESHOLD_METRICS = ("latency", "error_rate", "throughput", "cpu", "memory")
-
-
 def threshold_overrides(environ: dict[str, str] | os._Environ) -> dict[str, float]:
     """THRESHOLD_<METRIC>_<WARNING|CRITICAL>=number -> {"<metric>_<level>": number}; typos fail loudly."""
-    allowed = {f"{m}_{level}" for m in _THRESHOLD_METRICS for level in ("warning", "critical")}
+    allowed = {f"{m}_{level}" for m in METRIC_TYPES for level in ("warning", "critical")}
     out: dict[str, float] = {}
     for key in environ:
         if not key.startswith("THRESHOLD_"):
@@ -185,6 +184,7 @@ TEMPLATES = [
                 "django.template.context_processors.request",
                 "django.contrib.auth.context_processors.auth",
                 "django.contrib.messages.context_processors.messages",
+                "dashboard.context_processors.metric_kinds",
             ],
         },
     },

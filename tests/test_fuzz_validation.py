@@ -16,7 +16,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from metrics.errors import ValidationErrors
-from metrics.ingest.validation import RANGES, extract_points, parse_json, validate_points
+from metrics.ingest.validation import extract_points, parse_json, validate_points
+from metrics.kinds import KINDS
 from metrics.points import SERVICE_RE
 
 NOW = datetime(2026, 11, 28, 12, 0, tzinfo=UTC)
@@ -70,7 +71,7 @@ points = st.fixed_dictionaries(
     {},
     optional={
         "service": names | json_values,
-        "metric_type": st.sampled_from([*RANGES, "LATENCY", "", "bogus"]) | json_values,
+        "metric_type": st.sampled_from([*KINDS, "LATENCY", "", "bogus"]) | json_values,
         "value": hostile_numbers | json_values,
         "timestamp": timestamps,
         "tags": tags,
@@ -96,7 +97,7 @@ def _assert_rejection(exc: ValidationErrors) -> None:
 
 def _assert_valid_row(row) -> None:  # type: ignore[no-untyped-def]
     assert SERVICE_RE.fullmatch(row.service)
-    low, high = RANGES[row.metric_type]
+    low, high = KINDS[row.metric_type].minimum, KINDS[row.metric_type].maximum
     assert math.isfinite(row.value) and row.value >= low and (high is None or row.value <= high)
     assert row.timestamp.tzinfo is not None
     assert isinstance(row.tags, dict)

@@ -14,7 +14,8 @@ from django.core.management import CommandError, call_command
 from metrics.demo import DEMO_SERVICES, DemoSource
 from metrics.ingest.store import store
 from metrics.ingest.validation import validate_points
-from metrics.models import METRIC_TYPES, Alert, Point, Rollup, RollupState, Service
+from metrics.kinds import METRIC_TYPES
+from metrics.models import Alert, Point, Rollup, RollupState, Service
 from tests.live import LiveServer
 
 pytestmark = pytest.mark.django_db

@@ -31,7 +31,7 @@ import numpy as np
 from django.db import IntegrityError, connection, transaction
 
 from metrics import events
-from metrics.alerts.rules import UNIT_SUFFIX
+from metrics.kinds import KINDS
 from metrics.models import Alert, AlertRule
 from metrics.series import rollups
 
@@ -406,7 +406,8 @@ def _apply(
 def _message(key: tuple[str, str], value: float, z: float, base: Baseline, k: np.ndarray, t: int, col: int) -> str:
     service, metric_type = key
     lo, hi = base.band(k[col])
-    unit = UNIT_SUFFIX.get(metric_type, "")
+    kind = KINDS.get(metric_type)
+    unit = kind.suffix if kind is not None else ""
     source = "same time on past days" if base.seasonal[t, col] else "last hour"
     return (
         f"{service} {metric_type} {value:.4g}{unit} unusual: expected {lo[t, col]:.4g}-{hi[t, col]:.4g}{unit}"

@@ -25,18 +25,9 @@ from django.conf import settings
 from django.db import IntegrityError, connection, transaction
 
 from metrics.alerts import notify
+from metrics.kinds import KINDS
 from metrics.models import Alert, AlertRule
 from metrics.points import Row
-
-# Seed defaults: (warning, critical, direction). Throughput alerts when it drops.
-DEFAULT_RULES: dict[str, tuple[float, float, str]] = {
-    "latency": (500.0, 1000.0, AlertRule.ABOVE),
-    "error_rate": (0.05, 0.1, AlertRule.ABOVE),
-    "cpu": (80.0, 95.0, AlertRule.ABOVE),
-    "memory": (80.0, 95.0, AlertRule.ABOVE),
-    "throughput": (100.0, 50.0, AlertRule.BELOW),
-}
-UNIT_SUFFIX = {"latency": " ms", "error_rate": "", "throughput": " req/s", "cpu": "%", "memory": "%"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,8 +75,8 @@ class RuleBook:
     def _load(self) -> None:
         overrides_env = settings.TELEMETRY["THRESHOLD_OVERRIDES"]
         defaults: dict[str, Threshold] = {}
-        for metric_type, (warning, critical, direction) in DEFAULT_RULES.items():
-            defaults[metric_type] = Threshold(warning, critical, direction)
+        for metric_type, kind in KINDS.items():
+            defaults[metric_type] = Threshold(kind.warning, kind.critical, kind.direction)
         overrides: dict[tuple[str, str], Threshold] = {}
         disabled: set[tuple[str, str]] = set()
         for rule in AlertRule.objects.all():
@@ -128,7 +119,7 @@ def _disabled(threshold: Threshold) -> bool:
 def format_message(service: str, metric_type: str, severity: str, value: float, threshold: Threshold) -> str:
     limit = threshold.limit(severity)
     word = "below" if threshold.direction == AlertRule.BELOW else "above"
-    unit = UNIT_SUFFIX[metric_type]
+    unit = KINDS[metric_type].suffix
     return f"{service} {metric_type} {value:g}{unit} {word} {severity} threshold {limit:g}{unit}"
 
 

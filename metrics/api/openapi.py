@@ -11,7 +11,7 @@ from typing import Any
 
 from django.conf import settings
 
-from metrics.models import METRIC_TYPES
+from metrics.kinds import KINDS, METRIC_TYPES
 
 JSON = "application/json"
 AGGREGATIONS = ["raw", "1m", "5m", "1h", "auto"]
@@ -36,6 +36,8 @@ STRING = {"type": "string"}
 TIMESTAMP = {"type": "string", "format": "date-time"}
 SERVICE = {"type": "string", "pattern": "^[A-Za-z0-9_.-]{1,64}$"}
 METRIC_TYPE = {"type": "string", "enum": list(METRIC_TYPES)}
+# "latency (ms) >= 0, error_rate (fraction 0-1) between 0 and 1, ...": the ranges validation enforces.
+VALUE_RANGES = ", ".join(f"{k.name} ({k.unit}) {k.bounds_text()}" for k in KINDS.values()) + "."
 TAG_VALUE = {
     "anyOf": [
         {
@@ -77,7 +79,7 @@ SCHEMAS: dict[str, Any] = {
             "metric_type": METRIC_TYPE,
             "value": {
                 "type": "number",
-                "description": "latency ms >= 0, error_rate 0-1, throughput req/s >= 0, cpu/memory % 0-100.",
+                "description": VALUE_RANGES,
             },
             "tags": {"type": "object", "additionalProperties": TAG_VALUE, "maxProperties": 16},
         },

@@ -47,8 +47,8 @@ from opentelemetry.proto.common.v1.common_pb2 import AnyValue
 from opentelemetry.proto.metrics.v1 import metrics_pb2
 
 from metrics.errors import ValidationErrors
-from metrics.ingest.validation import MAX_VALUE, RANGES, validate_points
-from metrics.models import METRIC_TYPES
+from metrics.ingest.validation import MAX_VALUE, validate_points
+from metrics.kinds import KINDS, METRIC_TYPES
 from metrics.points import Row
 from metrics.series import sketch
 from metrics.series.rollups import MINUTE, MinuteSummaries
@@ -65,31 +65,10 @@ MAX_EXACT_COUNT = 2**53
 # 32-bit PositiveIntegerField, so more would be a database error, not a rollup.
 MAX_HISTOGRAM_COUNT = 2**31 - 1
 
-# Defaults for common semantic-convention names; "unit" is what the metric is
-# assumed to use when it declares none.
+# Defaults for common semantic-convention names, from each kind's otlp_names;
+# "unit" is what the metric is assumed to use when it declares none.
 METRIC_MAP: dict[str, dict[str, Any]] = {
-    "http.server.request.duration": {"metric_type": "latency", "unit": "s"},
-    "http.server.duration": {"metric_type": "latency", "unit": "ms"},
-    "rpc.server.duration": {"metric_type": "latency", "unit": "ms"},
-    "latency": {"metric_type": "latency", "unit": "ms"},
-    "system.cpu.utilization": {"metric_type": "cpu", "unit": "1"},
-    "process.cpu.utilization": {"metric_type": "cpu", "unit": "1"},
-    "cpu": {"metric_type": "cpu", "unit": "%"},
-    "system.memory.utilization": {"metric_type": "memory", "unit": "1"},
-    "process.memory.utilization": {"metric_type": "memory", "unit": "1"},
-    "memory": {"metric_type": "memory", "unit": "%"},
-    "error_rate": {"metric_type": "error_rate", "unit": "1"},
-    "http.server.error_rate": {"metric_type": "error_rate", "unit": "1"},
-    "throughput": {"metric_type": "throughput", "unit": "{request}/s"},
-    "http.server.requests": {"metric_type": "throughput", "unit": "{request}"},
-}
-
-# Unit -> factor into the metric type's own unit (latency ms, cpu/memory %, error_rate 0-1).
-UNIT_SCALES: dict[str, dict[str, float]] = {
-    "latency": {"s": 1000.0, "ms": 1.0, "us": 0.001, "µs": 0.001, "ns": 1e-6},
-    "cpu": {"1": 100.0, "%": 1.0},
-    "memory": {"1": 100.0, "%": 1.0},
-    "error_rate": {"1": 1.0, "%": 0.01},
+    name: {"metric_type": kind.name, "unit": unit} for kind in KINDS.values() for name, unit in kind.otlp_names.items()
 }
 
 
@@ -136,7 +115,7 @@ def scale_for(entry: dict[str, Any], unit: str) -> float | None:
     """Factor from the metric's declared unit to the type's unit; None when the unit does not fit."""
     if "scale" in entry:
         return float(entry["scale"])
-    scales = UNIT_SCALES.get(entry["metric_type"])
+    scales = KINDS[entry["metric_type"]].otlp_units
     if scales is None:  # throughput: a rate in any unit of "things per second"
         return 1.0
     return scales.get(unit or entry.get("unit", ""))
@@ -493,7 +472,8 @@ def histogram_problem(dp: Any, scale: float, metric_type: str) -> str | None:
         return "explicit_bounds must be in increasing order"
     if dp.HasField("sum") and not math.isfinite(dp.sum * scale):
         return "sum must be a finite number"
-    low, high = RANGES[metric_type]
+    kind = KINDS[metric_type]
+    low, high = kind.minimum, kind.maximum
     observed = {}
     for name in ("min", "max"):
         if not dp.HasField(name):
@@ -541,7 +521,8 @@ def _map_histogram(out: Mapped, point: dict[str, Any], name: str, dp: Any, tempo
             out.state.append((None, *state))
         return
     # Without min/max the outer bounds stand in, kept within what the metric type can hold.
-    floor, ceiling = RANGES[metric_type][0], min(RANGES[metric_type][1] or MAX_VALUE, MAX_VALUE)
+    kind = KINDS[metric_type]
+    floor, ceiling = kind.minimum, min(kind.maximum or MAX_VALUE, MAX_VALUE)
     low = dp.min * scale if dp.HasField("min") else (bounds[0] if len(bounds) else 0.0)
     high = dp.max * scale if dp.HasField("max") else (bounds[-1] if len(bounds) else low)
     low, high = min(max(low, floor), ceiling), min(max(high, floor), ceiling)

@@ -17,7 +17,7 @@ import orjson
 from django.conf import settings
 
 from metrics.errors import ValidationErrors, error_item
-from metrics.models import METRIC_TYPES
+from metrics.kinds import KINDS, METRIC_TYPES
 from metrics.points import NAIVE_IS_UTC, SERVICE_RE, Row, is_naive, parse_timestamp, timestamp_problem
 
 CONTROL_CHARS = re.compile(r"[\x00-\x1f\x7f]")
@@ -28,15 +28,6 @@ CONTROL_CHARS = re.compile(r"[\x00-\x1f\x7f]")
 SPOOFING_CHARS = re.compile(r"[\x80-\x9f\u061c\u200b-\u200f\u2028-\u202e\u2060-\u206f\ufeff\ufff9-\ufffb]")
 TAG_KEY_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_.\-/]*")
 
-# (minimum, maximum) per metric type; None = unbounded.
-RANGES: dict[str, tuple[float, float | None]] = {
-    "latency": (0.0, None),
-    "error_rate": (0.0, 1.0),
-    "throughput": (0.0, None),
-    "cpu": (0.0, 100.0),
-    "memory": (0.0, 100.0),
-}
-UNITS = {"latency": "ms", "error_rate": "fraction 0-1", "throughput": "req/s", "cpu": "%", "memory": "%"}
 MAX_VALUE = 1e15
 
 
@@ -146,7 +137,8 @@ def validate_points(points: list[Any], now: datetime | None = None) -> list[Row]
         if not isinstance(service, str) or not SERVICE_RE.fullmatch(service):
             errors.append(error_item(index, "service", "required; 1-64 characters of [A-Za-z0-9_.-]"))
         metric_type = point.get("metric_type")
-        if not isinstance(metric_type, str) or metric_type not in RANGES:
+        kind = KINDS.get(metric_type) if isinstance(metric_type, str) else None
+        if kind is None:
             metric_type = None
             errors.append(error_item(index, "metric_type", f"must be one of {', '.join(METRIC_TYPES)}"))
         value = point.get("value")
@@ -156,11 +148,8 @@ def validate_points(points: list[Any], now: datetime | None = None) -> list[Row]
             value = float(value) if abs(value) <= MAX_VALUE else math.inf
             if not math.isfinite(value):
                 errors.append(error_item(index, "value", f"must be a finite number with magnitude <= {MAX_VALUE:g}"))
-            elif metric_type in RANGES:
-                low, high = RANGES[metric_type]
-                if value < low or (high is not None and value > high):
-                    bound = f"between {low:g} and {high:g}" if high is not None else f">= {low:g}"
-                    errors.append(error_item(index, "value", f"{metric_type} ({UNITS[metric_type]}) must be {bound}"))
+            elif kind is not None and not kind.accepts(value):
+                errors.append(error_item(index, "value", f"{metric_type} ({kind.unit}) must be {kind.bounds_text()}"))
         raw_ts = point.get("timestamp")
         if raw_ts is None:
             ts = now

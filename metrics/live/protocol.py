@@ -18,7 +18,8 @@ from typing import Any
 
 import orjson
 
-from metrics.models import METRIC_TYPES, Point
+from metrics.kinds import METRIC_TYPES
+from metrics.models import Point
 from metrics.points import PointDict, iso
 
 INITIAL_POINTS = 50

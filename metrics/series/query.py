@@ -14,7 +14,8 @@ from django.db import connection
 from orjson import Fragment
 
 from metrics.errors import ValidationErrors, error_item
-from metrics.models import METRIC_TYPES, Alert, Service
+from metrics.kinds import METRIC_TYPES
+from metrics.models import Alert, Service
 from metrics.points import SERVICE_RE, iso, parse_timestamp, timestamp_problem
 from metrics.series import rollups, sketch
 

@@ -20,12 +20,16 @@
     return PALETTE[h % PALETTE.length];
   }
 
+  // Labels and number formats of each metric kind, from the server's registry (metrics/kinds.py).
+  var KINDS = JSON.parse(document.body.dataset.metricKinds || "{}");
+
   function format(metric, v) {
     if (v === null || v === undefined || isNaN(v)) return "–";
-    if (metric === "latency") return (v >= 10 ? v.toFixed(0) : v.toFixed(1)) + " ms";
-    if (metric === "error_rate") return (v * 100).toFixed(2) + "%";
-    if (metric === "throughput") return Math.round(v).toLocaleString() + " req/s";
-    return v.toFixed(1) + "%";
+    var kind = KINDS[metric];
+    if (!kind) return String(v);
+    var shown = v * kind.scale;
+    var places = kind.coarse_decimals !== null && shown >= kind.coarse_from ? kind.coarse_decimals : kind.decimals;
+    return shown.toLocaleString("en-US", { minimumFractionDigits: places, maximumFractionDigits: places }) + kind.suffix;
   }
 
   function quantile(sorted, q) {

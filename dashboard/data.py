@@ -17,14 +17,14 @@ from typing import Any
 
 import numpy as np
 from django.conf import settings
-from django.db import OperationalError
 from django.db.models import Q
 from django.http import HttpRequest, HttpResponse
 
 from metrics.alerts.anomaly import expected_band
 from metrics.alerts.rules import rules
 from metrics.api.access import dashboard_data_access
-from metrics.api.errors import FastJsonResponse, error, require_methods
+from metrics.api.errors import FastJsonResponse, api_view
+from metrics.errors import ApiError
 from metrics.kinds import METRIC_TYPES
 from metrics.models import Alert
 from metrics.series import query, rollups, sketch
@@ -190,28 +190,23 @@ def _answer(request: HttpRequest, build: Any) -> HttpResponse:
     try:
         selection, metric_type = _parse(request)
     except sel.BadSelection as exc:
-        return error(f"Invalid {exc.field}", 400, field=exc.field)
-    try:
-        body = build(selection, metric_type)
-        single = selection.services[0] if len(selection.services) == 1 else ""
-        body.update(
-            {
-                "metric_type": metric_type,
-                "range": selection.range_key,
-                "start": epoch_ms(selection.start),
-                "end": epoch_ms(selection.end),
-                "thresholds": thresholds(metric_type, single),
-                "alerts": alert_marks(metric_type, selection),
-            }
-        )
-    except OperationalError as exc:
-        response = error(f"Database unavailable: {type(exc).__name__}; retry shortly", 503, field="database")
-        response["Retry-After"] = "2"
-        return response
+        raise ApiError(400, f"Invalid {exc.field}", field=exc.field) from None
+    body = build(selection, metric_type)
+    single = selection.services[0] if len(selection.services) == 1 else ""
+    body.update(
+        {
+            "metric_type": metric_type,
+            "range": selection.range_key,
+            "start": epoch_ms(selection.start),
+            "end": epoch_ms(selection.end),
+            "thresholds": thresholds(metric_type, single),
+            "alerts": alert_marks(metric_type, selection),
+        }
+    )
     return FastJsonResponse(body)
 
 
-@require_methods("GET")
+@api_view("GET")
 @dashboard_data_access
 def percentiles_view(request: HttpRequest) -> HttpResponse:
     return _answer(request, lambda s, m: with_band(s, m, pooled_percentiles(spec_for(s, m), s.now)))
@@ -226,13 +221,13 @@ def with_band(selection: sel.Selection, metric_type: str, body: dict[str, Any]) 
     return body
 
 
-@require_methods("GET")
+@api_view("GET")
 @dashboard_data_access
 def by_service_view(request: HttpRequest) -> HttpResponse:
     return _answer(request, lambda s, m: by_service(spec_for(s, m), s.now))
 
 
-@require_methods("GET")
+@api_view("GET")
 @dashboard_data_access
 def compare_view(request: HttpRequest) -> HttpResponse:
     return _answer(request, compare)

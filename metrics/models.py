@@ -2,7 +2,8 @@ from __future__ import annotations
 
 import hashlib
 import secrets
-from datetime import datetime
+from collections.abc import Mapping
+from datetime import datetime, timedelta
 from typing import TypedDict
 
 from django.conf import settings
@@ -10,6 +11,7 @@ from django.db import models
 from django.db.models import Q
 from django.utils import timezone
 
+from metrics.errors import ApiError
 from metrics.kinds import ABOVE, BELOW, METRIC_TYPE_CHOICES
 from metrics.points import PointDict, iso
 
@@ -320,6 +322,51 @@ def hash_key(raw: str) -> str:
     return hashlib.sha256(raw.encode()).hexdigest()
 
 
+# last_used_at is informational: write it at most once a minute per key, so a
+# busy client does not add a write to every ingest request.
+LAST_USED_GRANULARITY = timedelta(minutes=1)
+
+
+def api_key_from(credentials: Mapping[str, str]) -> str | None:
+    """The raw key of `Authorization: Bearer <key>` or `X-API-Key`, if any."""
+    header = credentials.get("Authorization", "")
+    if header[:7].lower() == "bearer ":
+        return header[7:].strip()
+    return credentials.get("X-API-Key")
+
+
+def _unauthorized(message: str) -> ApiError:
+    return ApiError(401, message, field="Authorization", headers={"WWW-Authenticate": 'Bearer realm="telemetry"'})
+
+
+class ApiKeyQuerySet(models.QuerySet["ApiKey"]):
+    def authenticate(self, credentials: Mapping[str, str], scope: str) -> ApiKey | None:
+        """The key the credentials carry, or None when they carry none and none is needed; else ApiError.
+
+        Looked up on every request (by its SHA-256, a unique index), so revoking
+        a key in the admin takes effect on the very next request. A key that is
+        sent but unknown or revoked is refused even when keys are optional: a
+        client with a wrong key should learn it rather than write anonymously.
+        A missing key is refused only for ingest when REQUIRE_API_KEY is on;
+        whether reading needs credentials at all is metrics/api/access.py's
+        decision (DASHBOARD_REQUIRE_LOGIN). Without a key this needs no database.
+        """
+        raw = api_key_from(credentials)
+        if not raw:
+            if scope == ApiKey.INGEST and settings.TELEMETRY["REQUIRE_API_KEY"]:
+                raise _unauthorized("A valid API key is required (Authorization: Bearer <key> or X-API-Key)")
+            return None
+        key = self.filter(key_hash=hash_key(raw)).first()
+        if key is None or not key.is_active:
+            raise _unauthorized("Invalid or revoked API key")
+        if not key.has_scope(scope):
+            raise ApiError(403, f"This API key may not {scope}: its scopes are {key.scopes}", field="Authorization")
+        now = timezone.now()
+        if key.last_used_at is None or now - key.last_used_at >= LAST_USED_GRANULARITY:
+            self.filter(pk=key.pk).update(last_used_at=now)
+        return key
+
+
 class ApiKey(models.Model):
     """API key. Only its SHA-256 is stored; the key itself is shown once in the admin.
 
@@ -348,6 +395,8 @@ class ApiKey(models.Model):
     revoked_at = models.DateTimeField(null=True, blank=True)
     last_used_at = models.DateTimeField(null=True, blank=True)
 
+    objects = ApiKeyQuerySet.as_manager()
+
     def __str__(self) -> str:
         return f"{self.name} ({self.prefix}…)"
 
@@ -367,10 +416,6 @@ class ApiKey(models.Model):
     @property
     def is_active(self) -> bool:
         return self.revoked_at is None
-
-
-def telemetry_setting(name: str):  # type: ignore[no-untyped-def]
-    return settings.TELEMETRY[name]
 
 
 from .alerts.models import ContactPoint, Notification, Silence  # noqa: E402,F401 - Django finds models here

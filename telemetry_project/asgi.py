@@ -1,3 +1,13 @@
+"""The ASGI application, and its route map by path.
+
+| path              | served by                                                         |
+|-------------------|-------------------------------------------------------------------|
+| /metrics/ingest   | metrics.api.ingest_app (JSON points; agents and browsers alike)   |
+| /v1/metrics       | metrics.api.ingest_app (OTLP/HTTP, protobuf or JSON)              |
+| /ws/metrics       | metrics.live.consumer (WebSocket)                                 |
+| everything else   | Django: pages, query API, health, ping, admin (full middleware)   |
+"""
+
 import os
 import sys
 
@@ -12,15 +22,25 @@ from channels.auth import AuthMiddlewareStack  # noqa: E402
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 
 from metrics.api.access import WebsocketLoginGuard, WebsocketOriginValidator  # noqa: E402
+from metrics.api.ingest_app import ingest_app  # noqa: E402
 from metrics.live.routing import websocket_urlpatterns  # noqa: E402
 from metrics.maintenance.runner import start_if_enabled  # noqa: E402
-from telemetry_project.fastlane import LeanASGIHandler, route_http  # noqa: E402
+
+# Ingestion is one ASGI app outside Django's handler (it is most of the traffic
+# and uses no session, CSRF or template); every other HTTP path is Django.
+HTTP_ROUTES = {
+    "/metrics/ingest": ingest_app,
+    "/v1/metrics": ingest_app,
+}
+
+
+async def http(scope: dict, receive, send) -> None:  # type: ignore[no-untyped-def]
+    await HTTP_ROUTES.get(scope["path"], django_asgi_app)(scope, receive, send)
+
 
 application = ProtocolTypeRouter(
     {
-        # Agents' ingest posts skip Django's handler altogether (metrics.api.ingest_app);
-        # other ingestion skips the session/CSRF/auth middleware it never uses (fastlane).
-        "http": route_http(django_asgi_app, LeanASGIHandler()),
+        "http": http,
         # A browser's Origin must be the server's own (scheme, host, port) or in
         # CORS_ORIGINS; then the session user or API key is resolved and, when
         # DASHBOARD_REQUIRE_LOGIN is on, anonymous handshakes are refused.

@@ -3,17 +3,20 @@
 - `settings` overrides come from pytest-django; TELEMETRY knobs are patched
   through the `telemetry` fixture so each test states the limits it relies on.
 - Tests use literal timestamps (time-machine) instead of sleeping.
+- `client` is Django's test client routed like telemetry_project/asgi.py: the
+  ingest paths reach the ingest ASGI app, as they do in production.
 """
 
 from __future__ import annotations
 
 import pytest
 
-import metrics.ingest.store as ingest
 from metrics import stats
 from metrics.alerts.rules import rules
 from metrics.api import prometheus as prom
 from metrics.api import views
+from metrics.ingest import store as ingest
+from tests.asgi_client import RoutedClient
 
 
 @pytest.fixture(autouse=True)
@@ -27,6 +30,11 @@ def _fresh_process_state():
     yield
     ingest.known.clear()
     rules.invalidate()
+
+
+@pytest.fixture
+def client() -> RoutedClient:
+    return RoutedClient()
 
 
 @pytest.fixture

@@ -1,8 +1,8 @@
-"""The direct ASGI front door for agents' POST /metrics/ingest, against a real daphne server.
+"""The ingest ASGI app (metrics/api/ingest_app.py) behind POST /metrics/ingest, against a real daphne server.
 
-Agents (no Origin header) are served by metrics.api.ingest_app, outside Django's
-handler; these pin that it answers exactly like the Django view for every
-status, and that browsers' requests (with Origin) still go through Django.
+Every client's request to the ingest paths is routed to it by path
+(telemetry_project/asgi.py), agents and browsers alike; these pin its answer
+for every status and its security and CORS headers.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import sqlite3
 import httpx
 import pytest
 
-from metrics.api.ingest_app import serves
+from metrics.api.ingest_app import ingest_app
 from tests.live import LiveServer
 
 POINT = {"timestamp": "2026-11-28T07:00:00Z", "service": "api", "metric_type": "latency", "value": 12.5}
@@ -31,11 +31,10 @@ def stored(server: LiveServer, service: str) -> int:
         return db.execute("SELECT COUNT(*) FROM metrics_point WHERE service = ?", [service]).fetchone()[0]
 
 
-def test_only_agent_posts_to_the_ingest_path_take_the_direct_door():
-    assert serves({"method": "POST", "path": "/metrics/ingest", "headers": [(b"content-type", b"application/json")]})
-    assert not serves({"method": "POST", "path": "/metrics/ingest", "headers": [(b"origin", b"http://x")]})
-    assert not serves({"method": "GET", "path": "/metrics/ingest", "headers": []})
-    assert not serves({"method": "POST", "path": "/metrics/query", "headers": []})
+def test_the_route_map_sends_both_ingest_paths_and_nothing_else_to_the_ingest_app():
+    from telemetry_project.asgi import HTTP_ROUTES
+
+    assert {"/metrics/ingest": ingest_app, "/v1/metrics": ingest_app} == HTTP_ROUTES
 
 
 def test_a_point_posted_by_an_agent_is_committed_before_the_answer(server):
@@ -85,7 +84,7 @@ def test_a_wrong_api_key_is_refused_with_401(server):
     assert response.headers["www-authenticate"].startswith("Bearer")
 
 
-def test_a_browser_post_with_origin_still_gets_django_and_cors(server):
+def test_a_browser_post_with_origin_is_stored_by_the_same_app(server):
     point = {"service": "direct-browser", "metric_type": "cpu", "value": 10}
     response = httpx.post(server.url + "/metrics/ingest", json=point, headers={"Origin": "http://elsewhere.example"})
     assert response.status_code == 200

@@ -26,7 +26,7 @@ def spec(client):
 
 
 def routes() -> set[str]:
-    """Every concrete path under /metrics/ and /v1/ in the root URLconf."""
+    """Every concrete path under /metrics/ and /v1/: the root URLconf's and the ASGI route map's."""
     found: set[str] = set()
 
     def walk(patterns, prefix: str) -> None:
@@ -38,7 +38,9 @@ def routes() -> set[str]:
                 found.add("/" + route)
 
     walk(get_resolver().url_patterns, "")
-    return found
+    from telemetry_project.asgi import HTTP_ROUTES  # the ingest paths, routed before Django
+
+    return found | set(HTTP_ROUTES)
 
 
 def check(spec: dict, path: str, method: str, response) -> None:

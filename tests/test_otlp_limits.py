@@ -17,8 +17,7 @@ from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import ExportM
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
 from opentelemetry.proto.metrics.v1 import metrics_pb2
 
-from metrics.api import otlp as otlp_views
-from metrics.ingest import otlp
+from metrics.ingest import otlp, submit
 from metrics.models import Point, SketchContribution
 
 from .otlp_builders import gauge, histogram, nanos, nested, request, with_attribute
@@ -205,7 +204,7 @@ def test_a_database_error_caused_by_the_data_is_a_400_not_unavailable(client, mo
     def refuse(*args, **kwargs):
         raise IntegrityError("NOT NULL constraint failed: metrics_sketchcontribution.min")
 
-    monkeypatch.setattr(otlp_views, "store", refuse)
+    monkeypatch.setattr(submit, "store", refuse)
     response = post(client, request("api", cpu()))
     assert response.status_code == 400
     assert "Retry-After" not in response

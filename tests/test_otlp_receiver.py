@@ -13,8 +13,7 @@ from google.protobuf import json_format
 from google.rpc import status_pb2
 from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import ExportMetricsServiceResponse
 
-from metrics.api import otlp as otlp_views
-from metrics.ingest import otlp
+from metrics.ingest import otlp, submit
 from metrics.models import ApiKey, Point
 
 from .otlp_builders import gauge, histogram, request
@@ -233,21 +232,21 @@ def test_the_request_is_mapped_before_it_is_queued_and_the_writer_only_checks_th
         return wrapped
 
     monkeypatch.setattr(otlp, "map_request", spy("map", otlp.map_request))
-    monkeypatch.setattr(otlp_views, "authenticate_key", spy("key", otlp_views.authenticate_key))
-    monkeypatch.setattr(otlp_views, "store", spy("store", otlp_views.store))
-    real_write = otlp_views.write
+    monkeypatch.setattr(submit, "authenticate_key", spy("key", submit.authenticate_key))
+    monkeypatch.setattr(submit, "store", spy("store", submit.store))
+    real_write = submit.write
 
     async def write(func, *args, weight):
         events.append("queued")
         return await real_write(func, *args, weight=weight)
 
-    monkeypatch.setattr(otlp_views, "write", write)
+    monkeypatch.setattr(submit, "write", write)
     _, raw = ApiKey.generate("collector")
     assert post(client, cpu_request().SerializeToString(), **{"X-API-Key": raw}).status_code == 200
     assert events == ["map", "queued", "key", "store"]
 
 
-@pytest.mark.parametrize(("padding", "on_event_loop"), [(0, True), (otlp_views.INLINE_BODY_BYTES, False)])
+@pytest.mark.parametrize(("padding", "on_event_loop"), [(0, True), (submit.INLINE_BODY_BYTES, False)])
 def test_big_bodies_are_prepared_on_a_worker_thread_not_the_event_loop(client, monkeypatch, padding, on_event_loop):
     seen: list[bool] = []
     real_prepare = otlp.prepare

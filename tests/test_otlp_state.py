@@ -6,8 +6,7 @@ import pytest
 import time_machine
 from django.db import OperationalError
 
-from metrics.api import otlp as otlp_views
-from metrics.ingest import otlp
+from metrics.ingest import otlp, submit
 from metrics.models import ApiKey, Point
 
 from .otlp_builders import CUMULATIVE, counter, histogram, request
@@ -62,7 +61,7 @@ def test_a_request_answered_503_leaves_no_state_and_its_retry_counts_from_the_st
     def unavailable(*args, **kwargs):
         raise OperationalError("database is locked")
 
-    monkeypatch.setattr(otlp_views, "store", unavailable)
+    monkeypatch.setattr(submit, "store", unavailable)
     assert post(client, requests_counter(600, at="2026-11-28T12:00:20Z")).status_code == 503
     assert otlp.cumulative.bytes == 0
     monkeypatch.undo()

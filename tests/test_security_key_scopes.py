@@ -14,7 +14,7 @@ import time_machine
 from django.contrib.auth import get_user_model
 
 from metrics.api import access
-from metrics.api.errors import authenticate_key
+from metrics.errors import ApiError
 from metrics.models import ApiKey, Point
 
 from .otlp_builders import gauge, request
@@ -103,12 +103,12 @@ def test_an_ingest_key_ingests_and_keys_default_to_both_scopes(client, login_req
     assert client.get("/metrics/prometheus", headers=bearer(raw)).status_code == 200
 
 
-def test_authenticate_key_checks_ingest_scope_by_default(login_required):
+def test_key_authentication_checks_the_scope_asked_for(login_required):
     _, raw = ApiKey.generate("grafana", scopes="read")
-    key, denied = authenticate_key(bearer(raw))
-    assert key is None and denied.status_code == 403
-    key, denied = authenticate_key(bearer(raw), scope="read")
-    assert denied is None and key.name == "grafana"
+    with pytest.raises(ApiError) as refused:
+        ApiKey.objects.authenticate(bearer(raw), ApiKey.INGEST)
+    assert refused.value.status == 403
+    assert ApiKey.objects.authenticate(bearer(raw), ApiKey.READ).name == "grafana"
 
 
 def test_basic_auth_with_a_django_user_reads_when_login_is_required(client, login_required):

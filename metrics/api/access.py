@@ -37,7 +37,8 @@ from django.http import HttpRequest, HttpResponse, HttpResponseForbidden
 from django.http.request import split_domain_port, validate_host
 from django.shortcuts import render
 
-from metrics.models import ApiKey
+from metrics.errors import ApiError
+from metrics.models import ApiKey, api_key_from
 
 
 def login_required_enabled() -> bool:
@@ -74,12 +75,15 @@ def _page_check(request: HttpRequest) -> HttpResponse | None:
 
 
 def _api_check(request: HttpRequest) -> HttpResponse | None:
-    from metrics.api.errors import api_key_from, authenticate_key, error
+    from metrics.api.errors import error, render_json
 
     if api_key_from(request.headers):
         # A key that is sent must be valid and allowed to read, login or not.
-        _, denied = authenticate_key(request.headers, scope=ApiKey.READ)
-        return denied
+        try:
+            ApiKey.objects.authenticate(request.headers, ApiKey.READ)
+        except ApiError as exc:
+            return render_json(exc)
+        return None
     basic = _basic_credentials(request.headers.get("Authorization", ""))
     if basic is not None:
         user = _basic_user(request, *basic)
@@ -208,8 +212,6 @@ def _header(scope: dict[str, Any], name: bytes) -> str | None:
 
 def websocket_key(scope: dict[str, Any]) -> str | None:
     """The raw API key of a handshake: Authorization: Bearer, X-API-Key, or ?api_key=."""
-    from metrics.api.errors import api_key_from
-
     headers = {"Authorization": _header(scope, b"authorization") or "", "X-API-Key": _header(scope, b"x-api-key")}
     raw = api_key_from({k: v for k, v in headers.items() if v})
     if raw:
@@ -217,6 +219,13 @@ def websocket_key(scope: dict[str, Any]) -> str | None:
     # Browsers' WebSocket API cannot set headers; the query string is the fallback (it shows in access logs).
     values = parse_qs(scope.get("query_string", b"").decode("latin-1")).get("api_key")
     return values[0] if values else None
+
+
+def _read_key(raw: str) -> ApiKey | None:
+    try:
+        return ApiKey.objects.authenticate({"X-API-Key": raw}, ApiKey.READ)
+    except ApiError:
+        return None
 
 
 class WebsocketLoginGuard:
@@ -234,10 +243,8 @@ class WebsocketLoginGuard:
         if scope["type"] == "websocket":
             raw = websocket_key(scope)
             if raw:
-                from metrics.api.errors import authenticate_key
-
-                key, denied = await database_sync_to_async(authenticate_key)({"X-API-Key": raw}, ApiKey.READ)
-                if denied is not None:
+                key = await database_sync_to_async(_read_key)(raw)
+                if key is None:
                     return await WebsocketDenier()(scope, receive, send)
                 scope = {**scope, "api_key": key}
             if not websocket_allowed(scope):

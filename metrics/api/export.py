@@ -2,27 +2,19 @@
 
 from __future__ import annotations
 
-from django.db import OperationalError
 from django.http import HttpRequest, HttpResponse
 
-from metrics.api import openapi
-from metrics.api import prometheus as prom
+from metrics.api import openapi, prometheus
 from metrics.api.access import api_access
-from metrics.api.errors import FastJsonResponse, error, require_methods
+from metrics.api.errors import FastJsonResponse, api_view
 
 
-@require_methods("GET")
+@api_view("GET")
 def openapi_view(request: HttpRequest) -> HttpResponse:
     return FastJsonResponse(openapi.document())
 
 
 @api_access
-@require_methods("GET")
+@api_view("GET")
 def prometheus_view(request: HttpRequest) -> HttpResponse:
-    try:
-        body = prom.exposition()
-    except OperationalError as exc:
-        response = error(f"Database unavailable: {type(exc).__name__}; retry shortly", 503, field="database")
-        response["Retry-After"] = "2"
-        return response
-    return HttpResponse(body, content_type=prom.CONTENT_TYPE)
+    return HttpResponse(prometheus.exposition(), content_type=prometheus.CONTENT_TYPE)

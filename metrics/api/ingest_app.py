@@ -1,124 +1,179 @@
-"""POST /metrics/ingest served straight from ASGI for agents, the bulk of all traffic.
+"""The ingest ASGI app: POST /metrics/ingest (JSON points) and POST /v1/metrics (OTLP/HTTP), for every client.
 
-Django's ASGI handler costs about 2 ms of CPU per request before a view runs
-(request signals, a ThreadSensitiveContext and its thread, URL resolution,
-response conversion), more than validating and storing a point, and that cap
-kept one process near 260 single-point requests/s (docs/performance.md). An
-agent posting points sends no Origin header and uses no session, CSRF or
-template, so telemetry_project.fastlane hands exactly those requests here.
-They get the same checks and answers as the Django view: the same
-`ingest_body`, the same 413/415 refusals in the one error shape, the same
-security headers and the same request timing. Browser requests (they carry
-Origin, so CORS applies), other methods and every other path go through Django.
+telemetry_project/asgi.py routes both paths here and everything else to
+Django. Ingestion is most of the traffic and needs none of Django's request
+machinery (sessions, CSRF, templates, URL resolution): Django's ASGI handler
+cost about 2 ms of CPU per request before a view ran, more than validating and
+storing a point (docs/performance.md). So this app reads the request with
+Django's own ASGIRequest (headers, content type, is_secure), reads the body
+within the size limit, hands it to metrics.ingest.submit, and answers in the
+path's shape: our JSON (and its error shape) or OTLP's protobuf/JSON.
+
+Every answer, an agent's or a browser's, gets its CORS headers from
+django-cors-headers' own middleware logic (preflights included) and its
+security headers from Django's SecurityMiddleware, here in `_finish`: the one
+place the ingest paths write them.
 """
 
 from __future__ import annotations
 
+import io
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 
+from corsheaders.middleware import CorsMiddleware
 from django.conf import settings
-from django.http import HttpResponse
-from django.utils.http import parse_header_parameters
+from django.core.handlers.asgi import ASGIRequest
+from django.db import DatabaseError
+from django.http import HttpRequest, HttpResponse
+from django.middleware.security import SecurityMiddleware
 
 from metrics import stats
-from metrics.api.errors import refuse_content_type, refuse_size
-from metrics.api.views import ingest_body
-
-PATH = "/metrics/ingest"
+from metrics.api import otlp
+from metrics.api.errors import (
+    FastJsonResponse,
+    database_unavailable,
+    declared_size,
+    render_json,
+    render_otlp,
+    require_json,
+    require_size,
+)
+from metrics.errors import ApiError
+from metrics.ingest.submit import Protocol, Receipt, admit, submit
 
 Scope = dict[str, Any]
 Receive = Callable[[], Awaitable[dict[str, Any]]]
 Send = Callable[[dict[str, Any]], Awaitable[None]]
 
-
-def serves(scope: Scope) -> bool:
-    """True for a POST to /metrics/ingest without an Origin header (not a browser's request)."""
-    if scope.get("method") != "POST" or scope.get("path") != PATH:
-        return False
-    return all(name != b"origin" for name, _ in scope.get("headers", ()))
+JSON_PATH = "/metrics/ingest"
+OTLP_PATH = "/v1/metrics"
 
 
-def _headers(scope: Scope) -> dict[str, str]:
-    found: dict[str, str] = {}
-    for name, value in scope.get("headers", ()):
-        key = name.decode("latin-1").lower()
-        text = value.decode("latin-1")
-        # Repeated headers are joined, as Django's request.headers does.
-        found[key] = f"{found[key]},{text}" if key in found else text
-    return found
+@dataclass(frozen=True)
+class Wire:
+    """How one path reads its bodies and answers: the JSON API's shapes or OTLP/HTTP's."""
+
+    protocol: Callable[[str], Protocol]  # from the Content-Type; ApiError 415
+    accepted: Callable[[Receipt, Protocol], HttpResponse]
+    refused: Callable[[ApiError, Protocol], HttpResponse]
+    inflate: bool  # Content-Encoding: gzip is accepted (OTLP), or ignored as it always was (JSON)
 
 
-async def _read_body(receive: Receive) -> tuple[bytes | None, HttpResponse | None]:
-    """The whole body, a 413 as soon as it grows past the limit, or (None, None) on disconnect."""
+def _json_protocol(content_type: str) -> Protocol:
+    require_json(content_type)
+    return Protocol.JSON
+
+
+def _json_accepted(receipt: Receipt, protocol: Protocol) -> HttpResponse:
+    body = {
+        "status": "success",
+        "accepted": receipt.accepted,
+        "alert": receipt.breached[0] if receipt.breached else None,
+        "alerts": receipt.breached,
+    }
+    return FastJsonResponse(body)
+
+
+def _json_refused(exc: ApiError, protocol: Protocol) -> HttpResponse:
+    if exc.status < 500:
+        stats.inc("requests_rejected")
+    return render_json(exc)
+
+
+def _otlp_refused(exc: ApiError, protocol: Protocol) -> HttpResponse:
+    return render_otlp(exc, as_json=protocol is not Protocol.OTLP_PROTOBUF)
+
+
+WIRES = {
+    JSON_PATH: Wire(_json_protocol, _json_accepted, _json_refused, inflate=False),
+    OTLP_PATH: Wire(
+        otlp.protocol_of,
+        lambda receipt, protocol: otlp.accepted(receipt, as_json=protocol is Protocol.OTLP_JSON),
+        _otlp_refused,
+        inflate=True,
+    ),
+}
+_NO_BODY = io.BytesIO(b"")
+# corsheaders' own decisions (CORS_* settings, read per request), without running it as middleware.
+_cors = CorsMiddleware(lambda request: HttpResponse())
+
+
+def credentials(request: HttpRequest) -> dict[str, str]:
+    """The headers a key may come in, copied so the key check can run on the writer thread."""
+    headers = request.headers
+    return {name: headers[name] for name in ("Authorization", "X-API-Key") if name in headers}
+
+
+async def ingest_app(scope: Scope, receive: Receive, send: Send) -> None:
+    started = time.perf_counter()
+    request = ASGIRequest(scope, _NO_BODY)
+    preflight = _cors.check_preflight(request)
+    response = (
+        HttpResponse(headers=preflight.headers) if preflight else await _answer(request, receive, WIRES[request.path])
+    )
+    if response is None:  # the client went away before its body arrived
+        return
+    _finish(request, response)
+    body = response.content
+    headers = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in response.items() if k.lower() != "content-length"]
+    headers.append((b"content-length", str(len(body)).encode()))
+    await send({"type": "http.response.start", "status": response.status_code, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+    stats.observe(request.path, time.perf_counter() - started)
+
+
+async def _answer(request: HttpRequest, receive: Receive, wire: Wire) -> HttpResponse | None:
+    content_type = (request.content_type or "").lower()
+    # Refusals before the protocol is known answer in the encoding the client asked for.
+    protocol = Protocol.OTLP_PROTOBUF if content_type == otlp.PROTOBUF else Protocol.OTLP_JSON
+    if wire is WIRES[JSON_PATH]:
+        protocol = Protocol.JSON
+    try:
+        if request.method != "POST":
+            raise ApiError(
+                405, f"Method {request.method} not allowed; use POST", field="method", headers={"Allow": "POST"}
+            )
+        protocol = wire.protocol(content_type)
+        auth = credentials(request)
+        admit(auth)
+        require_size(declared_size(request))
+        body = await _read_body(receive)
+        if body is None:
+            return None
+        if wire.inflate:
+            body = otlp.inflate(body, request.headers.get("Content-Encoding", ""), _limit())
+        return wire.accepted(await submit(auth, body, protocol), protocol)
+    except ApiError as exc:
+        return wire.refused(exc, protocol)
+    except (DatabaseError, TimeoutError) as exc:
+        # A failing, frozen or partitioned database: answer now; the writer guarantees the request never commits.
+        return wire.refused(database_unavailable(exc), protocol)
+
+
+def _limit() -> int:
+    return settings.TELEMETRY["INGEST_MAX_BODY_BYTES"]
+
+
+async def _read_body(receive: Receive) -> bytes | None:
+    """The whole body; ApiError 413 as soon as it grows past the limit; None when the client disconnects."""
     chunks: list[bytes] = []
     size = 0
     while True:
         message = await receive()
         if message["type"] == "http.disconnect":
-            return None, None
+            return None
         chunk = message.get("body", b"")
         size += len(chunk)
-        too_big = refuse_size(size)
-        if too_big:
-            return None, too_big
+        require_size(size)
         chunks.append(chunk)
         if not message.get("more_body", False):
-            return b"".join(chunks), None
+            return b"".join(chunks)
 
 
-async def _answer(headers: dict[str, str], receive: Receive) -> HttpResponse | None:
-    content_type, _ = parse_header_parameters(headers.get("content-type", ""))
-    problem = refuse_content_type(content_type)
-    if problem:
-        return problem
-    try:
-        declared = int(headers.get("content-length") or "0")
-    except ValueError:
-        declared = 0
-    problem = refuse_size(declared)
-    if problem:
-        return problem
-    body, problem = await _read_body(receive)
-    if problem or body is None:
-        return problem
-    auth = {"Authorization": headers["authorization"]} if "authorization" in headers else {}
-    if "x-api-key" in headers:
-        auth["X-API-Key"] = headers["x-api-key"]
-    return await ingest_body(auth, body)
-
-
-def _is_secure(scope: Scope, headers: dict[str, str]) -> bool:
-    if scope.get("scheme") == "https":
-        return True
-    proxy = getattr(settings, "SECURE_PROXY_SSL_HEADER", None)
-    if proxy:
-        meta_name, expected = proxy
-        header = meta_name.removeprefix("HTTP_").lower().replace("_", "-")
-        return headers.get(header, "").split(",")[0].strip() == expected
-    return False
-
-
-def _encode(response: HttpResponse, secure: bool) -> tuple[list[tuple[bytes, bytes]], bytes]:
-    # What fastlane.ApiSecurityHeadersMiddleware adds on the Django path.
-    if settings.SECURE_CONTENT_TYPE_NOSNIFF:
-        response.headers.setdefault("X-Content-Type-Options", "nosniff")
-    if settings.SECURE_HSTS_SECONDS and secure:
-        response.headers.setdefault("Strict-Transport-Security", f"max-age={settings.SECURE_HSTS_SECONDS}")
-    body = response.content
-    headers = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in response.items()]
-    headers.append((b"content-length", str(len(body)).encode()))
-    return headers, body
-
-
-async def app(scope: Scope, receive: Receive, send: Send) -> None:
-    started = time.perf_counter()
-    headers = _headers(scope)
-    response = await _answer(headers, receive)
-    if response is None:  # the client went away before its body arrived
-        return
-    out_headers, body = _encode(response, _is_secure(scope, headers))
-    await send({"type": "http.response.start", "status": response.status_code, "headers": out_headers})
-    await send({"type": "http.response.body", "body": body})
-    stats.observe(PATH, time.perf_counter() - started)
+def _finish(request: HttpRequest, response: HttpResponse) -> None:
+    """CORS (corsheaders) and security headers (Django's SecurityMiddleware) for every ingest answer."""
+    _cors.add_response_headers(request, response)
+    SecurityMiddleware(lambda request: response).process_response(request, response)

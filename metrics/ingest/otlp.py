@@ -41,7 +41,6 @@ from google.protobuf import json_format
 from google.protobuf.message import DecodeError
 from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
     ExportMetricsServiceRequest,
-    ExportMetricsServiceResponse,
 )
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue
 from opentelemetry.proto.metrics.v1 import metrics_pb2
@@ -87,16 +86,6 @@ def decode(body: bytes, as_json: bool) -> ExportMetricsServiceRequest:
         kind = "OTLP JSON" if as_json else "OTLP protobuf"
         raise DecodeFailed(f"Body is not a valid {kind} ExportMetricsServiceRequest: {str(exc)[:200]}") from None
     return message
-
-
-def encode_response(rejected: int, message: str, as_json: bool) -> bytes:
-    response = ExportMetricsServiceResponse()
-    if rejected or message:
-        response.partial_success.rejected_data_points = rejected
-        response.partial_success.error_message = message
-    if as_json:
-        return json_format.MessageToJson(response, indent=None).encode()
-    return response.SerializeToString()
 
 
 def metric_map() -> dict[str, dict[str, Any]]:

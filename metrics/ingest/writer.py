@@ -203,9 +203,21 @@ async def write(func: Callable[..., Any], *args: Any, weight: int = 1) -> Any:
     was already committing when the time ran out gets its real answer instead.
     """
     if not settings.TELEMETRY.get("DB_THREAD_POOL", True):
-        # Tests: the test's own connection and transaction, on the test thread.
-        return await sync_to_async(func)(*args)
+        # Tests: the same group commit, on the test thread with the test's own connection and transaction.
+        return await sync_to_async(write_now)(func, *args)
     return await wait(writer, writer.submit(func, *args, weight=weight), answer_seconds())
+
+
+def write_now(func: Callable[..., Any], *args: Any) -> Any:
+    """func(*args) as a group of one, committed on the calling thread: what write() does, without the thread.
+
+    Management commands (no event loop) and the test suite (DB_THREAD_POOL off,
+    so each test's transaction holds) use it; the job runs through the same
+    _commit_group as on the writer thread: transaction, savepoint, outcome.
+    """
+    job = _Job(func, args, 1)
+    writer._commit_group([job])
+    return job.future.result()
 
 
 async def wait(group_writer: GroupWriter, job: _Job, timeout: float) -> Any:

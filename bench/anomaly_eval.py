@@ -281,7 +281,7 @@ def measure_cost(series_count: int, repeats: int) -> dict[str, Any]:
 
 
 def run(cfg: Any, log: Any) -> list[Any]:
-    from .common import Figure
+    from .common import Figure, ratio
 
     series, seed = cfg.size(20, 200), 2
     log(f"  fig 8: labelled evaluation, {series} series x {HISTORY_DAYS + EVAL_DAYS} days ...")
@@ -298,6 +298,7 @@ def run(cfg: Any, log: Any) -> list[Any]:
             passed=method.precision >= 0.9 and method.recall() > threshold.recall(),
             baseline=round(threshold.recall(), 3),
             baseline_label=f"fixed threshold (precision {threshold.precision:.2f})",
+            ratio=ratio(method.recall(), threshold.recall()),
             details={"seed": seed, "series": series, **{s.name: s.as_dict() for s in scores}},
         )
     ]

@@ -339,34 +339,6 @@ def _unauthorized(message: str) -> ApiError:
     return ApiError(401, message, field="Authorization", headers={"WWW-Authenticate": 'Bearer realm="telemetry"'})
 
 
-class ApiKeyQuerySet(models.QuerySet["ApiKey"]):
-    def authenticate(self, credentials: Mapping[str, str], scope: str) -> ApiKey | None:
-        """The key the credentials carry, or None when they carry none and none is needed; else ApiError.
-
-        Looked up on every request (by its SHA-256, a unique index), so revoking
-        a key in the admin takes effect on the very next request. A key that is
-        sent but unknown or revoked is refused even when keys are optional: a
-        client with a wrong key should learn it rather than write anonymously.
-        A missing key is refused only for ingest when REQUIRE_API_KEY is on;
-        whether reading needs credentials at all is metrics/api/access.py's
-        decision (DASHBOARD_REQUIRE_LOGIN). Without a key this needs no database.
-        """
-        raw = api_key_from(credentials)
-        if not raw:
-            if scope == ApiKey.INGEST and settings.TELEMETRY["REQUIRE_API_KEY"]:
-                raise _unauthorized("A valid API key is required (Authorization: Bearer <key> or X-API-Key)")
-            return None
-        key = self.filter(key_hash=hash_key(raw)).first()
-        if key is None or not key.is_active:
-            raise _unauthorized("Invalid or revoked API key")
-        if not key.has_scope(scope):
-            raise ApiError(403, f"This API key may not {scope}: its scopes are {key.scopes}", field="Authorization")
-        now = timezone.now()
-        if key.last_used_at is None or now - key.last_used_at >= LAST_USED_GRANULARITY:
-            self.filter(pk=key.pk).update(last_used_at=now)
-        return key
-
-
 class ApiKey(models.Model):
     """API key. Only its SHA-256 is stored; the key itself is shown once in the admin.
 
@@ -395,8 +367,6 @@ class ApiKey(models.Model):
     revoked_at = models.DateTimeField(null=True, blank=True)
     last_used_at = models.DateTimeField(null=True, blank=True)
 
-    objects = ApiKeyQuerySet.as_manager()
-
     def __str__(self) -> str:
         return f"{self.name} ({self.prefix}…)"
 
@@ -405,6 +375,33 @@ class ApiKey(models.Model):
         raw = "tm_" + secrets.token_urlsafe(32)
         key = cls.objects.create(name=name, prefix=raw[:10], key_hash=hash_key(raw), services=services, scopes=scopes)
         return key, raw
+
+    @classmethod
+    def authenticate(cls, credentials: Mapping[str, str], scope: str) -> ApiKey | None:
+        """The key the credentials carry, or None when they carry none and none is needed; else ApiError.
+
+        Looked up on every request (by its SHA-256, a unique index), so revoking
+        a key in the admin takes effect on the very next request. A key that is
+        sent but unknown or revoked is refused even when keys are optional: a
+        client with a wrong key should learn it rather than write anonymously.
+        A missing key is refused only for ingest when REQUIRE_API_KEY is on;
+        whether reading needs credentials at all is metrics/api/access.py's
+        decision (DASHBOARD_REQUIRE_LOGIN). Without a key this needs no database.
+        """
+        raw = api_key_from(credentials)
+        if not raw:
+            if scope == cls.INGEST and settings.TELEMETRY["REQUIRE_API_KEY"]:
+                raise _unauthorized("A valid API key is required (Authorization: Bearer <key> or X-API-Key)")
+            return None
+        key = cls.objects.filter(key_hash=hash_key(raw)).first()
+        if key is None or not key.is_active:
+            raise _unauthorized("Invalid or revoked API key")
+        if not key.has_scope(scope):
+            raise ApiError(403, f"This API key may not {scope}: its scopes are {key.scopes}", field="Authorization")
+        now = timezone.now()
+        if key.last_used_at is None or now - key.last_used_at >= LAST_USED_GRANULARITY:
+            cls.objects.filter(pk=key.pk).update(last_used_at=now)
+        return key
 
     def has_scope(self, scope: str) -> bool:
         return scope in self.scopes.split(",")

@@ -106,9 +106,9 @@ def test_an_ingest_key_ingests_and_keys_default_to_both_scopes(client, login_req
 def test_key_authentication_checks_the_scope_asked_for(login_required):
     _, raw = ApiKey.generate("grafana", scopes="read")
     with pytest.raises(ApiError) as refused:
-        ApiKey.objects.authenticate(bearer(raw), ApiKey.INGEST)
+        ApiKey.authenticate(bearer(raw), ApiKey.INGEST)
     assert refused.value.status == 403
-    assert ApiKey.objects.authenticate(bearer(raw), ApiKey.READ).name == "grafana"
+    assert ApiKey.authenticate(bearer(raw), ApiKey.READ).name == "grafana"
 
 
 def test_basic_auth_with_a_django_user_reads_when_login_is_required(client, login_required):

@@ -80,7 +80,7 @@ def _api_check(request: HttpRequest) -> HttpResponse | None:
     if api_key_from(request.headers):
         # A key that is sent must be valid and allowed to read, login or not.
         try:
-            ApiKey.objects.authenticate(request.headers, ApiKey.READ)
+            ApiKey.authenticate(request.headers, ApiKey.READ)
         except ApiError as exc:
             return render_json(exc)
         return None
@@ -223,7 +223,7 @@ def websocket_key(scope: dict[str, Any]) -> str | None:
 
 def _read_key(raw: str) -> ApiKey | None:
     try:
-        return ApiKey.objects.authenticate({"X-API-Key": raw}, ApiKey.READ)
+        return ApiKey.authenticate({"X-API-Key": raw}, ApiKey.READ)
     except ApiError:
         return None
 

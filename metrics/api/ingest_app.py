@@ -17,6 +17,7 @@ place the ingest paths write them.
 
 from __future__ import annotations
 
+import functools
 import io
 import time
 from collections.abc import Awaitable, Callable
@@ -26,6 +27,7 @@ from typing import Any
 from corsheaders.middleware import CorsMiddleware
 from django.conf import settings
 from django.core.handlers.asgi import ASGIRequest
+from django.core.signals import setting_changed
 from django.db import DatabaseError
 from django.http import HttpRequest, HttpResponse
 from django.middleware.security import SecurityMiddleware
@@ -96,27 +98,39 @@ WIRES = {
         inflate=True,
     ),
 }
+CREDENTIAL_HEADERS = (("Authorization", "HTTP_AUTHORIZATION"), ("X-API-Key", "HTTP_X_API_KEY"))
 _NO_BODY = io.BytesIO(b"")
 # corsheaders' own decisions (CORS_* settings, read per request), without running it as middleware.
 _cors = CorsMiddleware(lambda request: HttpResponse())
 
 
+@functools.cache
+def _security() -> SecurityMiddleware:
+    """Django's SecurityMiddleware, built once: it reads its SECURE_* settings when built."""
+    return SecurityMiddleware(lambda request: HttpResponse())
+
+
+setting_changed.connect(lambda **kwargs: _security.cache_clear(), weak=False)
+
+
 def credentials(request: HttpRequest) -> dict[str, str]:
     """The headers a key may come in, copied so the key check can run on the writer thread."""
-    headers = request.headers
-    return {name: headers[name] for name in ("Authorization", "X-API-Key") if name in headers}
+    meta = request.META
+    return {name: meta[key] for name, key in CREDENTIAL_HEADERS if key in meta}
 
 
 async def ingest_app(scope: Scope, receive: Receive, send: Send) -> None:
     started = time.perf_counter()
     request = ASGIRequest(scope, _NO_BODY)
-    preflight = _cors.check_preflight(request)
-    response = (
-        HttpResponse(headers=preflight.headers) if preflight else await _answer(request, receive, WIRES[request.path])
-    )
+    browser = "HTTP_ORIGIN" in request.META  # agents send no Origin: there is nothing for CORS to decide
+    preflight = _cors.check_preflight(request) if browser else None
+    if preflight is not None:
+        response: HttpResponse | None = HttpResponse(headers=preflight.headers)
+    else:
+        response = await _answer(request, receive, WIRES[request.path])
     if response is None:  # the client went away before its body arrived
         return
-    _finish(request, response)
+    _finish(request, response, browser)
     body = response.content
     headers = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in response.items() if k.lower() != "content-length"]
     headers.append((b"content-length", str(len(body)).encode()))
@@ -173,7 +187,8 @@ async def _read_body(receive: Receive) -> bytes | None:
             return b"".join(chunks)
 
 
-def _finish(request: HttpRequest, response: HttpResponse) -> None:
-    """CORS (corsheaders) and security headers (Django's SecurityMiddleware) for every ingest answer."""
-    _cors.add_response_headers(request, response)
-    SecurityMiddleware(lambda request: response).process_response(request, response)
+def _finish(request: HttpRequest, response: HttpResponse, browser: bool) -> None:
+    """CORS (corsheaders, for requests with an Origin) and security headers (SecurityMiddleware), for every answer."""
+    if browser:
+        _cors.add_response_headers(request, response)
+    _security().process_response(request, response)

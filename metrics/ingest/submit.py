@@ -75,11 +75,11 @@ class Prepared:
 def admit(credentials: Credentials) -> None:
     """Refuse a request without a key when keys are required, before its body is read (no database)."""
     if credentials is not None and not credentials:
-        ApiKey.objects.authenticate(credentials, ApiKey.INGEST)
+        ApiKey.authenticate(credentials, ApiKey.INGEST)
 
 
 def authenticate_key(credentials: Credentials) -> ApiKey | None:
-    return None if credentials is None else ApiKey.objects.authenticate(credentials, ApiKey.INGEST)
+    return None if credentials is None else ApiKey.authenticate(credentials, ApiKey.INGEST)
 
 
 async def submit(credentials: Credentials, body: bytes, protocol: Protocol) -> Receipt:

@@ -27,7 +27,7 @@ from metrics.api.errors import FastJsonResponse, api_view
 from metrics.errors import ApiError
 from metrics.kinds import METRIC_TYPES
 from metrics.models import Alert
-from metrics.series import query, rollups, sketch
+from metrics.series import query, rollups
 
 from . import selection as sel
 from .status import window_totals
@@ -81,61 +81,13 @@ def spec_for(selection: sel.Selection, metric_type: str) -> query.QuerySpec:
     )
 
 
-def plan(spec: query.QuerySpec, now: datetime) -> tuple[bool, int]:
-    """(use raw points?, bucket seconds): the same choice query.run makes."""
-    conf = settings.TELEMETRY
-    raw_floor = now - timedelta(hours=conf["RAW_RETENTION_HOURS"])
-    short = (spec.end - spec.start).total_seconds() <= conf["QUERY_RAW_MAX_SECONDS"]
-    use_raw = spec.start >= raw_floor and short
-    return use_raw, query.bucket_seconds(spec, use_raw)
-
-
-def _exact_pooled(when: np.ndarray, value: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(bucket starts, percentiles (n, 3), counts) of raw values grouped by bucket only."""
-    bucket = (np.floor(when / size) * size).astype(np.int64)
-    starts_uniq, group = np.unique(bucket, return_inverse=True)
-    order = np.lexsort((value, group))
-    sorted_vals = value[order]
-    counts = np.bincount(group, minlength=len(starts_uniq))
-    offsets = np.r_[0, np.cumsum(counts)[:-1]]
-    pct = np.empty((len(starts_uniq), len(query.PERCENTILES)))
-    for qi, q in enumerate(query.PERCENTILES):
-        pos = q * (counts - 1)
-        lo = np.floor(pos).astype(np.int64)
-        hi = np.minimum(lo + 1, counts - 1)
-        frac = pos - lo
-        pct[:, qi] = sorted_vals[offsets + lo] * (1 - frac) + sorted_vals[offsets + hi] * frac
-    return starts_uniq, pct, counts
-
-
-def _sketch_pooled(summaries: rollups.MinuteSummaries, size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    bucket = (summaries.minute // size) * size
-    starts_uniq, group = np.unique(bucket, return_inverse=True)
-    n = len(starts_uniq)
-    counts = np.bincount(group, weights=summaries.count, minlength=n)
-    mins = np.full(n, np.inf)
-    np.minimum.at(mins, group, summaries.min)
-    maxs = np.full(n, -np.inf)
-    np.maximum.at(maxs, group, summaries.max)
-    pct = sketch.grouped_quantiles(summaries.sketches, group, n, query.PERCENTILES, mins, maxs)
-    return starts_uniq, pct, counts
-
-
 def pooled_percentiles(spec: query.QuerySpec, now: datetime) -> dict[str, Any]:
-    """Complete buckets summarised here; the current bucket as raw values, so the page keeps it exact live."""
-    use_raw, size = plan(spec, now)
-    current = datetime.fromtimestamp((int(spec.end.timestamp()) // size) * size, tz=spec.end.tzinfo)
-    empty: tuple[np.ndarray, np.ndarray, Any] = (np.array([]), np.empty((0, 3)), [])
-    if use_raw:
-        _, _, when, value = rollups.fetch_raw(spec.start, current, spec.services, spec.metric_types)
-        starts, pct, counts = _exact_pooled(when, value, size) if len(when) else empty
-    else:
-        summaries = query.minute_summaries(spec, rollups.floor_minute(spec.start), current)
-        starts, pct, counts = _sketch_pooled(summaries, size) if len(summaries) else empty
-    xs = [int(s) * 1000 for s in starts.tolist()]
+    """Complete buckets from the query engine; the bucket in progress as raw values, so the page keeps it exact live."""
+    pooled = query.pooled_percentiles(spec, now)
+    xs = [int(s) * 1000 for s in pooled.starts.tolist()]
     datasets = []
     for qi, key in enumerate(("p50", "p95", "p99")):
-        column = pct[:, qi].tolist()
+        column = pooled.pct[:, qi].tolist()
         datasets.append(
             {
                 "key": key,
@@ -143,15 +95,15 @@ def pooled_percentiles(spec: query.QuerySpec, now: datetime) -> dict[str, Any]:
                 "data": [{"x": x, "y": y} for x, y in zip(xs, column, strict=True) if y == y],
             }
         )
-    _, _, _, tail = rollups.fetch_raw(current, spec.end + timedelta(seconds=1), spec.services, spec.metric_types)
+    _, _, _, tail = rollups.fetch_raw(pooled.current, spec.end + timedelta(seconds=1), spec.services, spec.metric_types)
     if len(tail) > MAX_LIVE_VALUES:
         tail = np.random.default_rng().choice(tail, MAX_LIVE_VALUES, replace=False)
     return {
-        "source": "raw" if use_raw else "rollup",
-        "bucket_seconds": size,
+        "source": pooled.source,
+        "bucket_seconds": pooled.bucket_seconds,
         "datasets": datasets,
-        "live": {"x": epoch_ms(current), "values": tail.tolist()},
-        "points": int(np.sum(counts)) + len(tail) if len(xs) or len(tail) else 0,
+        "live": {"x": epoch_ms(pooled.current), "values": tail.tolist()},
+        "points": int(np.sum(pooled.counts)) + len(tail) if len(xs) or len(tail) else 0,
     }
 
 

@@ -16,7 +16,7 @@ from django.conf import settings
 from django.db import connection
 from django.db.models import Count, Sum
 
-from metrics.alerts.rules import rules
+from metrics.alerts.rules import series_status
 from metrics.kinds import KINDS, METRIC_TYPES
 from metrics.models import Alert, Point, Rollup, Service
 from metrics.series import rollups
@@ -29,8 +29,7 @@ STATUS_RANK = {"stale": 0, "healthy": 1, "warning": 2, "critical": 3}
 
 def window_totals(start: datetime, end: datetime, services: list[str] | None) -> dict[SeriesKey, tuple[float, int]]:
     """(sum, count) per series over [start, end): rollup rows, then raw points after the boundary."""
-    boundary = rollups.rolled_through() or start
-    boundary = min(max(boundary, start), end)
+    boundary = rollups.boundary_within(start, end)
     totals: dict[SeriesKey, tuple[float, int]] = {}
 
     def add(rows: Any) -> None:
@@ -78,15 +77,6 @@ def firing_severity(services: list[str] | None) -> dict[SeriesKey, str]:
     if services:
         qs = qs.filter(service__in=services)
     return {(s, m): sev for s, m, sev in qs.values_list("service", "metric_type", "severity")}
-
-
-def series_status(key: SeriesKey, current: float | None, firing: dict[SeriesKey, str]) -> str:
-    """A firing alert's severity wins (it holds through hysteresis); otherwise the current value's."""
-    if current is None:
-        return "stale"
-    if key in firing:
-        return firing[key]
-    return rules.get(*key).status(current)
 
 
 def service_names(selection: Selection) -> list[str]:
@@ -171,7 +161,7 @@ def cards(selection: Selection, snapshot: Snapshot | None = None) -> list[Card]:
             current_value = sum(now_values.values()) if now_values else None
         else:
             current_value = sum(now_values.values()) / len(now_values) if now_values else None
-        statuses = [series_status((s, metric_type), v, firing) for s, v in now_values.items()]
+        statuses = [series_status(s, metric_type, v, firing.get((s, metric_type))) for s, v in now_values.items()]
         status = max(statuses, key=STATUS_RANK.__getitem__) if statuses else "stale"
         out.append(
             Card(
@@ -212,7 +202,8 @@ def matrix(selection: Selection, snapshot: Snapshot | None = None) -> list[Matri
         row = MatrixRow(service)
         for metric_type in METRIC_TYPES:
             value = current.get((service, metric_type))
-            row.cells.append(Cell(service, metric_type, value, series_status((service, metric_type), value, firing)))
+            status = series_status(service, metric_type, value, firing.get((service, metric_type)))
+            row.cells.append(Cell(service, metric_type, value, status))
         rows.append(row)
     return rows
 

@@ -338,9 +338,15 @@ def _open(service: str, metric_type: str, severity: str, row: Row, threshold: Th
         return alert
 
 
-def series_status(service: str, metric_type: str, value: float | None) -> str:
-    """healthy / warning / critical / stale for one series' current value."""
+def series_status(service: str, metric_type: str, value: float | None, firing: str | None = None) -> str:
+    """healthy / warning / critical / stale for one series' current value.
+
+    `firing` is the severity of the series' firing alert, if any: it wins, since
+    an alert holds through hysteresis while the value may already look healthy.
+    """
+    if value is None:
+        return "stale"
+    if firing:
+        return firing
     threshold = rules.get(service, metric_type)
-    if _disabled(threshold):
-        return "healthy" if value is not None else "stale"
-    return threshold.status(value)
+    return "healthy" if _disabled(threshold) else threshold.status(value)

@@ -190,9 +190,6 @@ def can_act_on_alerts(user: Any) -> bool:
     return _authenticated(user) and bool(user.is_staff)
 
 
-is_staff = can_act_on_alerts
-
-
 def websocket_allowed(scope: dict[str, Any]) -> bool:
     """Whether a WebSocket connection with this scope may be accepted (the consumer may call it too).
 

@@ -164,7 +164,7 @@ def _guard_cardinality(rows: list[Row], now: datetime) -> None:
                 f"THEN excluded.last_seen ELSE {table}.last_seen END, "
                 f"tags = COALESCE({table}.tags, excluded.tags)",
                 [
-                    (s, m, h, orjson.dumps(due[s, m, h][2] or {}).decode(), _db_ts(first), _db_ts(last))
+                    (s, m, h, orjson.dumps(due[s, m, h][2] or {}).decode(), rollups.db_ts(first), rollups.db_ts(last))
                     for s, m, h in sorted(keys)
                     for first, last in [due[s, m, h][:2]]
                 ],
@@ -180,12 +180,6 @@ def _remember(series: dict[tuple[str, str, str], tuple[datetime, datetime]], unt
     with known.lock:
         known.series.update(series)
         known.services.update(dict.fromkeys((s for s, _, _ in series), until))
-
-
-def _db_ts(dt: datetime):  # type: ignore[no-untyped-def]
-    if connection.vendor == "sqlite":
-        return dt.astimezone(UTC).replace(tzinfo=None).isoformat(" ")
-    return dt
 
 
 def _memo(convert: Callable[[datetime], Any]) -> Callable[[datetime], Any]:
@@ -210,7 +204,7 @@ def _insert_points(rows: list[Row]) -> None:
     dumps = orjson.dumps
     # One vendor check per batch: `connection.vendor` per row went through the
     # connection proxy's thread-local lookup and was 1/6 of a batched ingest.
-    to_db = _memo(_db_ts) if connection.vendor == "sqlite" else (lambda dt: dt)
+    to_db = _memo(rollups.db_ts) if connection.vendor == "sqlite" else (lambda dt: dt)
     params = [
         (to_db(r.timestamp), r.service, r.metric_type, r.value, dumps(r.tags).decode() if r.tags else "{}")
         for r in rows
@@ -244,7 +238,7 @@ def _touch_services(rows: list[Row], now: datetime) -> None:
         f"first_seen = {least}({table}.first_seen, excluded.first_seen)"
     )
     with connection.cursor() as cur:
-        cur.executemany(sql, [(name, _db_ts(lo), _db_ts(hi)) for name, (lo, hi) in sorted(span.items())])
+        cur.executemany(sql, [(name, rollups.db_ts(lo), rollups.db_ts(hi)) for name, (lo, hi) in sorted(span.items())])
 
 
 def store(

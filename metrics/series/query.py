@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -157,16 +156,20 @@ def bucket_seconds(spec: QuerySpec, use_raw: bool) -> int:
     return min(sizes, key=lambda size: abs(math.log(span / size / AUTO_TARGET_BUCKETS)))
 
 
+def plan(spec: QuerySpec, now: datetime) -> tuple[bool, int]:
+    """(read raw points?, bucket seconds) of a bucketed query: raw while the range is in raw retention and short."""
+    conf = settings.TELEMETRY
+    raw_floor = now - timedelta(hours=conf["RAW_RETENTION_HOURS"])
+    short = (spec.end - spec.start).total_seconds() <= conf["QUERY_RAW_MAX_SECONDS"]
+    use_raw = spec.start >= raw_floor and (short or spec.exact)
+    return use_raw, bucket_seconds(spec, use_raw)
+
+
 def run(spec: QuerySpec, now: datetime | None = None) -> dict[str, Any]:
     now = now or datetime.now(UTC)
     if spec.aggregation == "raw":
         return raw_points(spec)
-    conf = settings.TELEMETRY
-    raw_floor = now - timedelta(hours=conf["RAW_RETENTION_HOURS"])
-    span = (spec.end - spec.start).total_seconds()
-    short = span <= conf["QUERY_RAW_MAX_SECONDS"]
-    use_raw = spec.start >= raw_floor and (short or spec.exact)
-    size = bucket_seconds(spec, use_raw)
+    use_raw, size = plan(spec, now)
     if use_raw:
         data = exact_buckets(spec, size)
         source = "raw"
@@ -266,32 +269,38 @@ def _bucket_groups(
     return group_id, out_keys
 
 
-def _row(key: tuple[int, str, str], p: Sequence[float], mn: float, mx: float, total: float, n: float) -> dict[str, Any]:
-    def f(x: float) -> float | None:
-        return None if x is None or math.isnan(x) else float(x)
+@dataclass
+class Figures:
+    """Per group: percentiles (n, len(PERCENTILES)), min, max, sum and count."""
 
-    return {
-        "timestamp": iso(rollups.from_epoch(key[0])),
-        "service": key[1],
-        "metric_type": key[2],
-        "p50": f(p[0]),
-        "p95": f(p[1]),
-        "p99": f(p[2]),
-        "min": f(mn),
-        "max": f(mx),
-        "avg": f(total / n) if n else None,
-        "count": int(n),
-    }
+    pct: np.ndarray
+    mins: np.ndarray
+    maxs: np.ndarray
+    sums: np.ndarray
+    counts: np.ndarray
+
+    def row(self, g: int, key: tuple[int, str, str]) -> dict[str, Any]:
+        def f(x: float) -> float | None:
+            return None if x is None or math.isnan(x) else float(x)
+
+        n = self.counts[g]
+        return {
+            "timestamp": iso(rollups.from_epoch(key[0])),
+            "service": key[1],
+            "metric_type": key[2],
+            "p50": f(self.pct[g][0]),
+            "p95": f(self.pct[g][1]),
+            "p99": f(self.pct[g][2]),
+            "min": f(self.mins[g]),
+            "max": f(self.maxs[g]),
+            "avg": f(self.sums[g] / n) if n else None,
+            "count": int(n),
+        }
 
 
-def exact_buckets(spec: QuerySpec, size: int) -> list[dict[str, Any]]:
-    service, metric_type, when, value = rollups.fetch_raw(spec.start, spec.end, spec.services, spec.metric_types)
-    if not len(when):
-        return []
-    group_id, keys = _bucket_groups(service, metric_type, when, size)
-    n_groups = len(keys)
-    # Sort by (group, value) once; each group's percentiles are then positions
-    # in its slice, with numpy's default linear interpolation.
+def exact_figures(value: np.ndarray, group_id: np.ndarray, n_groups: int) -> Figures:
+    """Exact figures of raw values per group, with numpy's default (linear) percentile interpolation."""
+    # Sort by (group, value) once; each group's percentiles are then positions in its slice.
     order = np.lexsort((value, group_id))
     sorted_vals = value[order]
     counts = np.bincount(group_id, minlength=n_groups)
@@ -304,15 +313,33 @@ def exact_buckets(spec: QuerySpec, size: int) -> list[dict[str, Any]]:
         frac = pos - lo
         pct[:, qi] = sorted_vals[starts + lo] * (1 - frac) + sorted_vals[starts + hi] * frac
     sums = np.bincount(group_id, weights=value, minlength=n_groups)
-    mins = sorted_vals[starts]
-    maxs = sorted_vals[starts + counts - 1]
-    return [_row(keys[g], pct[g], mins[g], maxs[g], sums[g], counts[g]) for g in range(n_groups)]
+    return Figures(pct, sorted_vals[starts], sorted_vals[starts + counts - 1], sums, counts)
+
+
+def sketch_figures(summaries: rollups.MinuteSummaries, group_id: np.ndarray, n_groups: int) -> Figures:
+    """Figures of merged minute summaries per group: percentiles from the merged sketches (1 % relative error)."""
+    counts = np.bincount(group_id, weights=summaries.count, minlength=n_groups)
+    sums = np.bincount(group_id, weights=summaries.sum, minlength=n_groups)
+    mins = np.full(n_groups, np.inf)
+    np.minimum.at(mins, group_id, summaries.min)
+    maxs = np.full(n_groups, -np.inf)
+    np.maximum.at(maxs, group_id, summaries.max)
+    pct = sketch.grouped_quantiles(summaries.sketches, group_id, n_groups, PERCENTILES, mins, maxs)
+    return Figures(pct, mins, maxs, sums, counts)
+
+
+def exact_buckets(spec: QuerySpec, size: int) -> list[dict[str, Any]]:
+    service, metric_type, when, value = rollups.fetch_raw(spec.start, spec.end, spec.services, spec.metric_types)
+    if not len(when):
+        return []
+    group_id, keys = _bucket_groups(service, metric_type, when, size)
+    figures = exact_figures(value, group_id, len(keys))
+    return [figures.row(g, key) for g, key in enumerate(keys)]
 
 
 def minute_summaries(spec: QuerySpec, start: datetime, end: datetime) -> rollups.MinuteSummaries:
-    """Per-minute summaries for [start, end): rollups before the boundary, raw after it."""
-    boundary = rollups.rolled_through() or start
-    boundary = min(max(boundary, start), end)
+    """Per-minute summaries for [start, end): rollups before the rolled-up boundary, raw points after it."""
+    boundary = rollups.boundary_within(start, end)
     parts = []
     if start < boundary:
         parts.append(rollups.fetch_rollups(start, boundary, spec.services, spec.metric_types))
@@ -323,21 +350,51 @@ def minute_summaries(spec: QuerySpec, start: datetime, end: datetime) -> rollups
 
 def sketch_buckets(spec: QuerySpec, size: int) -> list[dict[str, Any]]:
     # Whole minutes only: a rollup cannot be split, so the range widens to them.
-    start = rollups.floor_minute(spec.start)
-    end = spec.end
-    summaries = minute_summaries(spec, start, end)
+    summaries = minute_summaries(spec, rollups.floor_minute(spec.start), spec.end)
     if not len(summaries):
         return []
     group_id, keys = _bucket_groups(summaries.service, summaries.metric_type, summaries.minute.astype(np.float64), size)
-    n_groups = len(keys)
-    counts = np.bincount(group_id, weights=summaries.count, minlength=n_groups)
-    sums = np.bincount(group_id, weights=summaries.sum, minlength=n_groups)
-    mins = np.full(n_groups, np.inf)
-    np.minimum.at(mins, group_id, summaries.min)
-    maxs = np.full(n_groups, -np.inf)
-    np.maximum.at(maxs, group_id, summaries.max)
-    pct = sketch.grouped_quantiles(summaries.sketches, group_id, n_groups, PERCENTILES, mins, maxs)
-    return [_row(keys[g], pct[g], mins[g], maxs[g], sums[g], counts[g]) for g in range(n_groups)]
+    figures = sketch_figures(summaries, group_id, len(keys))
+    return [figures.row(g, key) for g, key in enumerate(keys)]
+
+
+@dataclass
+class Pooled:
+    """Percentiles per time bucket of every series in a spec taken together (the dashboard's percentile charts)."""
+
+    source: str  # "raw" or "rollup", chosen as run() chooses
+    bucket_seconds: int
+    current: datetime  # start of the bucket in progress, which is left out
+    starts: np.ndarray  # epoch seconds of each complete bucket
+    pct: np.ndarray  # (buckets, len(PERCENTILES))
+    counts: np.ndarray
+
+
+def pooled_percentiles(spec: QuerySpec, now: datetime) -> Pooled:
+    """Complete buckets of [spec.start, the bucket in progress), all series pooled, from the source run() would use."""
+    use_raw, size = plan(spec, now)
+    current = datetime.fromtimestamp((int(spec.end.timestamp()) // size) * size, tz=spec.end.tzinfo)
+    source = "raw" if use_raw else "rollup"
+    if use_raw:
+        _, _, when, value = rollups.fetch_raw(spec.start, current, spec.services, spec.metric_types)
+        if not len(when):
+            return Pooled(source, size, current, np.array([], dtype=np.int64), np.empty((0, 3)), np.array([]))
+        group_id, starts = _pooled_groups(when, size)
+        figures = exact_figures(value, group_id, len(starts))
+    else:
+        summaries = minute_summaries(spec, rollups.floor_minute(spec.start), current)
+        if not len(summaries):
+            return Pooled(source, size, current, np.array([], dtype=np.int64), np.empty((0, 3)), np.array([]))
+        group_id, starts = _pooled_groups(summaries.minute.astype(np.float64), size)
+        figures = sketch_figures(summaries, group_id, len(starts))
+    return Pooled(source, size, current, starts, figures.pct, figures.counts)
+
+
+def _pooled_groups(when: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Group id per row by time bucket only, and each bucket's start."""
+    bucket = (np.floor(when / size) * size).astype(np.int64)
+    starts, group_id = np.unique(bucket, return_inverse=True)
+    return group_id, starts
 
 
 # --- /metrics/services ----------------------------------------------------------

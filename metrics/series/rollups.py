@@ -38,12 +38,12 @@ def epoch_sql(column: str = "timestamp") -> str:
     return f"EXTRACT(EPOCH FROM {column})::float8"
 
 
-def to_epoch(dt: datetime) -> float:
-    return dt.timestamp()
-
-
 def from_epoch(seconds: float) -> datetime:
     return datetime.fromtimestamp(seconds, tz=UTC)
+
+
+def _db_minute(epoch_seconds: int) -> Any:
+    return db_ts(from_epoch(epoch_seconds))
 
 
 def floor_minute(dt: datetime) -> datetime:
@@ -88,6 +88,19 @@ class MinuteSummaries:
                 strict=True,
             )
         ]
+
+    def take(self, idx: np.ndarray) -> MinuteSummaries:
+        """The summaries at positions `idx`."""
+        return MinuteSummaries(
+            self.service[idx],
+            self.metric_type[idx],
+            self.minute[idx],
+            self.count[idx],
+            self.sum[idx],
+            self.min[idx],
+            self.max[idx],
+            [self.sketches[i] for i in idx.tolist()],
+        )
 
     @classmethod
     def empty(cls) -> MinuteSummaries:
@@ -236,7 +249,7 @@ def _upsert(summaries: MinuteSummaries) -> int:
         "ON CONFLICT (service, metric_type, minute) DO UPDATE SET count = excluded.count, "
         "sum = excluded.sum, min = excluded.min, max = excluded.max, sketch = excluded.sketch"
     )
-    params = summaries.records(lambda t: db_ts(from_epoch(t)))
+    params = summaries.records(_db_minute)
     with connection.cursor() as cur:
         cur.executemany(sql, params)
     return len(params)
@@ -325,6 +338,11 @@ def rolled_through(for_share: bool = False) -> datetime | None:
     return value
 
 
+def boundary_within(start: datetime, end: datetime) -> datetime:
+    """Where [start, end) switches from rollup rows to raw points: the rolled-up boundary, clamped into the range."""
+    return min(max(rolled_through() or start, start), end)
+
+
 def refresh_late_minutes(rows: Iterable) -> int:
     """Recompute rollups of minutes that already had them when late points arrive."""
     boundary = rolled_through(for_share=True)
@@ -357,19 +375,7 @@ def recompute(series_minutes: Iterable[tuple[str, str, datetime]]) -> int:
     )
     if not keep.any():
         return 0
-    idx = np.flatnonzero(keep)
-    return _upsert(
-        MinuteSummaries(
-            summaries.service[idx],
-            summaries.metric_type[idx],
-            summaries.minute[idx],
-            summaries.count[idx],
-            summaries.sum[idx],
-            summaries.min[idx],
-            summaries.max[idx],
-            [summaries.sketches[i] for i in idx.tolist()],
-        )
-    )
+    return _upsert(summaries.take(np.flatnonzero(keep)))
 
 
 # --- Pre-bucketed contributions (OTLP histograms) -------------------------------
@@ -423,21 +429,7 @@ def summarise_window(
 
 def insert_contributions(contributions: Sequence[MinuteSummaries]) -> int:
     """Store pre-bucketed observations (inside the caller's transaction)."""
-    params = [
-        (s, m, db_ts(from_epoch(int(t))), int(c), float(su), float(mn), float(mx), blob)
-        for part in contributions
-        for s, m, t, c, su, mn, mx, blob in zip(
-            part.service.tolist(),
-            part.metric_type.tolist(),
-            part.minute.tolist(),
-            part.count.tolist(),
-            part.sum.tolist(),
-            part.min.tolist(),
-            part.max.tolist(),
-            part.sketches,
-            strict=True,
-        )
-    ]
+    params = [row for part in contributions for row in part.records(_db_minute)]
     if not params:
         return 0
     table = connection.ops.quote_name("metrics_sketchcontribution")

@@ -14,7 +14,7 @@ np.frombuffer, which is what makes merging thousands of minutes cheap.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
@@ -129,15 +129,7 @@ def grouped_quantiles(
         pos = np.searchsorted(cum, base + rank, side="right")
         return reps[np.minimum(np.maximum(pos, first), last)]
 
-    for qi, q in enumerate(quantiles):
-        # numpy's default ("linear") definition applied to bucket values: the
-        # 0-based rank q * (n - 1), interpolated between its two neighbours, so
-        # small samples agree with the exact answer as well as large ones do.
-        rank = q * (totals - 1)
-        lo = np.floor(rank)
-        frac = rank - lo
-        hi = np.minimum(lo + 1, totals - 1)
-        out[present, qi] = value_at(lo) * (1 - frac) + value_at(hi) * frac
+    out[present] = _interpolate(value_at, totals, quantiles)
     if mins is not None and maxs is not None:
         out = np.clip(out, np.asarray(mins)[:, None], np.asarray(maxs)[:, None])
     return out
@@ -179,12 +171,25 @@ def _dense_quantiles(
         pos = (cum <= rank[:, None]).sum(axis=1)
         return reps[np.minimum(pos, n_buckets - 1)]
 
+    out[present] = _interpolate(value_at, totals, quantiles)
+    return out
+
+
+def _interpolate(
+    value_at: Callable[[np.ndarray], np.ndarray], totals: np.ndarray, quantiles: Sequence[float]
+) -> np.ndarray:
+    """(groups, quantiles) by numpy's default ("linear") definition applied to bucket values.
+
+    The 0-based rank q * (n - 1) is interpolated between its two neighbours, so
+    small samples agree with the exact answer as well as large ones do.
+    """
+    out = np.empty((len(totals), len(quantiles)))
     for qi, q in enumerate(quantiles):
         rank = q * (totals - 1)
         lo = np.floor(rank)
         frac = rank - lo
         hi = np.minimum(lo + 1, totals - 1)
-        out[present, qi] = value_at(lo) * (1 - frac) + value_at(hi) * frac
+        out[:, qi] = value_at(lo) * (1 - frac) + value_at(hi) * frac
     return out
 
 

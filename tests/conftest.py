@@ -15,20 +15,20 @@ from metrics import stats
 from metrics.alerts.rules import rules
 from metrics.api import prometheus as prom
 from metrics.api import views
-from metrics.ingest import store as ingest
+from metrics.ingest import store
 from tests.asgi_client import RoutedClient
 
 
 @pytest.fixture(autouse=True)
 def _fresh_process_state():
     """Caches that outlive a test's transaction must not leak between tests."""
-    ingest.known.clear()
+    store.known.clear()
     rules.invalidate()
     stats.reset()
     views.recent_health.clear()
     prom.clear_cache()
     yield
-    ingest.known.clear()
+    store.known.clear()
     rules.invalidate()
 
 

@@ -11,7 +11,7 @@ import functools
 
 import orjson
 
-from metrics.live import fanout
+from metrics.live import transport as live_transport
 from metrics.live.protocol import Outbox, RateLimit, Subscription, Throttle, Update, batch_frames, handle_client_message
 
 
@@ -274,22 +274,22 @@ async def _reply(protocol, message):
 def test_daphne_protocol_is_found_through_the_session_wrapper():
     protocol = FakeProtocol(FakeTransport())
     send = functools.partial(_reply, protocol)
-    assert fanout.daphne_protocol(send) is protocol
-    assert fanout.daphne_protocol(SessionWrapper(send).send) is protocol
+    assert live_transport.daphne_protocol(send) is protocol
+    assert live_transport.daphne_protocol(SessionWrapper(send).send) is protocol
 
 
 def test_other_servers_have_no_daphne_protocol():
     async def send(message):
         return None
 
-    assert fanout.daphne_protocol(send) is None
-    assert fanout.daphne_protocol(functools.partial(_reply, object())) is None
+    assert live_transport.daphne_protocol(send) is None
+    assert live_transport.daphne_protocol(functools.partial(_reply, object())) is None
 
 
 async def test_transport_watch_reports_pause_and_resume_and_calls_stall_after_timeout():
     transport = FakeTransport()
     stalled = []
-    watch = fanout.TransportWatch.attach(
+    watch = live_transport.TransportWatch.attach(
         functools.partial(_reply, FakeProtocol(transport)), lambda: stalled.append(1), 0.05
     )
     assert watch is not None and transport.producer is watch
@@ -308,7 +308,7 @@ async def test_transport_watch_reports_pause_and_resume_and_calls_stall_after_ti
 
 async def test_transport_watch_sets_autobahn_inbound_limits():
     protocol = FakeProtocol(FakeTransport())
-    watch = fanout.TransportWatch.attach(functools.partial(_reply, protocol), lambda: None, 1)
+    watch = live_transport.TransportWatch.attach(functools.partial(_reply, protocol), lambda: None, 1)
     watch.limit_incoming(1000)
     assert protocol.maxFramePayloadSize == 1000
     assert not hasattr(protocol, "maxMessagePayloadSize")  # autobahn would apply it to sending too
@@ -320,4 +320,7 @@ def test_transport_watch_leaves_a_transport_with_another_producer_alone():
     transport.producer = object()
     transport.producer_is_other = True
     # The HTTP channel case: the existing producer is asked first; a plain object cannot take one.
-    assert fanout.TransportWatch.attach(functools.partial(_reply, FakeProtocol(transport)), lambda: None, 1) is None
+    assert (
+        live_transport.TransportWatch.attach(functools.partial(_reply, FakeProtocol(transport)), lambda: None, 1)
+        is None
+    )

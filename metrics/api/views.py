@@ -25,7 +25,7 @@ from metrics.api.errors import FastJsonResponse, api_view, json_body
 from metrics.errors import ApiError, error_item
 from metrics.ingest.validation import parse_json
 from metrics.ingest.writer import answer_seconds
-from metrics.live import publish as broadcast
+from metrics.live import publish
 from metrics.models import Alert, Service
 from metrics.points import iso
 from metrics.series import query
@@ -171,12 +171,12 @@ async def _run_health_checks() -> dict[str, Any]:
         db_status, services_count = await asyncio.wait_for(_on_pooled_thread(_database_check)(), answer_seconds())
     except TimeoutError:
         db_status, services_count = "error: no answer from the database", 0
-    return {"database": db_status, "services_count": services_count, "channel_layer": await broadcast.probe()}
+    return {"database": db_status, "services_count": services_count, "channel_layer": await publish.probe()}
 
 
 @api_view("GET")
 async def health(request: HttpRequest) -> HttpResponse:
-    if broadcast.degraded():
+    if publish.degraded():
         recent_health.clear()  # a failed broadcast is fresher news than a cached "ok"
     checks = await recent_health.get(_run_health_checks)
     healthy = checks["database"] == "ok"
@@ -185,7 +185,7 @@ async def health(request: HttpRequest) -> HttpResponse:
         "timestamp": iso(datetime.now(UTC)),
         "services_count": checks["services_count"],
         "checks": {"database": checks["database"], "channel_layer": checks["channel_layer"]},
-        "streaming": broadcast.streaming_stats(),
+        "streaming": publish.streaming_stats(),
         "version": settings.TELEMETRY["VERSION"],
     }
     return FastJsonResponse(body, status=200 if healthy else 503)

@@ -13,8 +13,7 @@ from channels.generic.websocket import AsyncWebsocketConsumer
 from django.conf import settings
 
 from metrics import stats
-from metrics.live import fanout
-from metrics.live import protocol as streaming
+from metrics.live import fanout, protocol, transport
 
 
 class MetricsConsumer(AsyncWebsocketConsumer):
@@ -24,8 +23,8 @@ class MetricsConsumer(AsyncWebsocketConsumer):
     async def connect(self) -> None:
         conf = settings.TELEMETRY
         self.max_message_bytes = conf["WS_MAX_MESSAGE_BYTES"]
-        self.rate = streaming.RateLimit(conf["WS_MAX_MESSAGES_PER_SECOND"])
-        self.watch = fanout.TransportWatch.attach(self.base_send, self._stalled, conf["WS_STALL_TIMEOUT_SECONDS"])
+        self.rate = protocol.RateLimit(conf["WS_MAX_MESSAGES_PER_SECOND"])
+        self.watch = transport.TransportWatch.attach(self.base_send, self._stalled, conf["WS_STALL_TIMEOUT_SECONDS"])
         if self.watch is not None:
             self.watch.limit_incoming(self.max_message_bytes)
         self.conn = fanout.Connection(
@@ -39,8 +38,8 @@ class MetricsConsumer(AsyncWebsocketConsumer):
         # (a point may then arrive in both).
         await fanout.hub().join(self.conn)
         await self.accept()
-        initial = await database_sync_to_async(streaming.latest_points)(streaming.INITIAL_POINTS)
-        await self.send(streaming.initial_frame(initial))
+        initial = await database_sync_to_async(protocol.latest_points)(protocol.INITIAL_POINTS)
+        await self.send(protocol.initial_frame(initial))
         self.conn.start()
 
     async def disconnect(self, code: int) -> None:
@@ -61,10 +60,10 @@ class MetricsConsumer(AsyncWebsocketConsumer):
             return
         subscription = self.conn.subscription
         before = subscription.key, subscription.batch
-        reply = streaming.handle_client_message(subscription, text_data, bytes_data)
+        reply = protocol.handle_client_message(subscription, text_data, bytes_data)
         if (subscription.key, subscription.batch) != before:
             self.conn.resubscribed()
-        await self.send(streaming.encode(reply))
+        await self.send(protocol.encode(reply))
 
     def _stalled(self) -> None:
         """The client has not read for the stall timeout: close, then cut the TCP connection."""

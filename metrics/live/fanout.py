@@ -6,11 +6,10 @@ its connections' outboxes. Redis therefore carries one copy of each broadcast
 per server process, not one per connected browser, and the in-memory layer
 copies nothing per client.
 
-Each `Connection` owns a bounded `streaming.Outbox` and one sender task that
-flushes it, coalesced by a `streaming.Throttle`. Under daphne, a
-`TransportWatch` registers as a Twisted push producer on the connection's
-transport: Twisted pauses it when more than 64 KiB wait in the write buffer
-and resumes it when they drain. While paused the sender holds back (the outbox
+Each `Connection` owns a bounded `protocol.Outbox` and one sender task that
+flushes it, coalesced by a `protocol.Throttle`. Under daphne, a
+`transport.TransportWatch` tells when more than 64 KiB wait in the
+connection's write buffer and when they drained. While paused the sender holds back (the outbox
 drops the oldest updates and the client gets a "lag" notice), and a transport
 that stays paused for the stall timeout is closed. Memory per connection is
 therefore bounded by the outbox, not by how slowly a client reads.
@@ -19,7 +18,6 @@ therefore bounded by the outbox, not by how slowly a client reads.
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
 import weakref
 from collections.abc import Awaitable, Callable
@@ -29,6 +27,7 @@ from channels.layers import InMemoryChannelLayer, get_channel_layer
 
 from metrics import stats
 from metrics.live.protocol import Outbox, Throttle, Update
+from metrics.live.transport import TransportWatch
 
 log = logging.getLogger(__name__)
 GROUP = "metrics"
@@ -41,126 +40,6 @@ CLOSE_TOO_BIG = 4009  # a message over WS_MAX_MESSAGE_BYTES reached the consumer
 CLOSE_RATE_LIMIT = 4029  # client messages over WS_MAX_MESSAGES_PER_SECOND
 CLOSE_TOO_SLOW = 4008  # the client stopped reading for WS_STALL_TIMEOUT_SECONDS
 CLOSE_SERVER_ERROR = 4011  # the sender failed (logged): the client should reconnect
-
-
-def daphne_protocol(send: Callable) -> Any | None:
-    """The autobahn protocol behind an ASGI `send` callable served by daphne, if any.
-
-    daphne passes `functools.partial(server.handle_reply, protocol)`; channels'
-    session middleware wraps it in a bound method whose object keeps it as
-    `real_send`. Anything else (another server, a test communicator) gives None.
-    """
-    for _ in range(8):
-        if isinstance(send, functools.partial):
-            for arg in send.args:
-                if hasattr(arg, "transport") and hasattr(arg, "sendMessage"):
-                    return arg
-            return None
-        owner = getattr(send, "__self__", None)
-        inner = getattr(owner, "real_send", None)
-        if inner is None:
-            return None
-        send = inner
-    return None
-
-
-class TransportWatch:
-    """Twisted push producer for one connection: tells whether its write buffer is backed up."""
-
-    def __init__(self, protocol: Any, on_stall: Callable[[], None], stall_timeout: float) -> None:
-        self.protocol = protocol
-        self.transport = protocol.transport
-        self.on_stall = on_stall
-        self.stall_timeout = stall_timeout
-        self.paused = False
-        self.resumed = asyncio.Event()
-        self.resumed.set()
-        self._timer: asyncio.TimerHandle | None = None
-        self.consumer: Any = None
-
-    @classmethod
-    def attach(cls, send: Callable, on_stall: Callable[[], None], stall_timeout: float) -> TransportWatch | None:
-        protocol = daphne_protocol(send)
-        transport = getattr(protocol, "transport", None)
-        if transport is None:
-            return None
-        # daphne upgrades an HTTP request: twisted.web's HTTPChannel stays the
-        # transport's producer and passes pause/resume on to the producer
-        # registered with it, so register there (or on the bare transport).
-        consumer = getattr(transport, "producer", None) or transport
-        if not hasattr(consumer, "registerProducer"):
-            return None
-        watch = cls(protocol, on_stall, stall_timeout)
-        watch.consumer = consumer
-        try:
-            consumer.registerProducer(watch, True)
-        except RuntimeError:  # another producer is registered: leave it alone
-            return None
-        return watch
-
-    def limit_incoming(self, max_bytes: int) -> None:
-        """Make autobahn refuse larger frames with close code 1009 as soon as their header arrives.
-
-        Only the frame limit: autobahn applies maxMessagePayloadSize to outgoing
-        messages too, and batch frames may be larger. A message fragmented into
-        many small frames is caught by the consumer's own length check.
-        """
-        self.protocol.maxFramePayloadSize = max_bytes
-        # Fail with a closing handshake (so the client sees the code), not a bare TCP drop.
-        self.protocol.failByDrop = False
-
-    def send_text(self, payload: bytes) -> bool:
-        """Write one text frame straight to autobahn; False once the connection is closing.
-
-        Frames are built as UTF-8 JSON bytes, shared by every connection with
-        the same subscription. The ASGI send path would decode each to str,
-        pass it through channels' and daphne's dispatch and encode it again,
-        per client: 12 % of the server's time in the soak's profile.
-        """
-        protocol = self.protocol
-        if protocol.state != protocol.STATE_OPEN:
-            return False
-        protocol.sendMessage(payload, False)
-        return True
-
-    # IPushProducer, called by Twisted on the event loop's thread.
-    def pauseProducing(self) -> None:
-        if self.paused:
-            return
-        self.paused = True
-        self.resumed.clear()
-        self._timer = asyncio.get_running_loop().call_later(self.stall_timeout, self._stalled)
-
-    def resumeProducing(self) -> None:
-        self.paused = False
-        self.resumed.set()
-        self._cancel_timer()
-
-    def stopProducing(self) -> None:
-        self._cancel_timer()
-        self.resumed.set()
-
-    def _cancel_timer(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-
-    def _stalled(self) -> None:
-        self._timer = None
-        if self.paused:
-            self.on_stall()
-
-    def abort(self) -> None:
-        """Drop the TCP connection without a closing handshake (the peer is not reading it)."""
-        if getattr(self.transport, "connected", False):
-            self.transport.abortConnection()
-
-    def detach(self) -> None:
-        self._cancel_timer()
-        consumer = self.consumer
-        registered = getattr(consumer, "_requestProducer", getattr(consumer, "producer", None))
-        if registered is self:
-            consumer.unregisterProducer()
 
 
 class Connection:

@@ -86,13 +86,13 @@ def render_otlp(exc: ApiError, as_json: bool) -> HttpResponse:
         response["Retry-After"] = OTLP_RETRY_AFTER[exc.status]
     elif "Retry-After" in response:
         del response["Retry-After"]
-    stats.inc("otlp_requests_rejected")
+    stats.otlp_requests_rejected.inc()
     return response
 
 
 def database_unavailable(exc: BaseException) -> ApiError:
     """The answer for a database that failed or did not answer in time: 503, retry in 2 s."""
-    stats.inc("db_unavailable")
+    stats.db_unavailable.inc()
     stats.mark("db_unavailable")  # /metrics/health stops reusing an older "ok"
     return ApiError(
         503,

@@ -81,7 +81,7 @@ def _json_accepted(receipt: Receipt, protocol: Protocol) -> HttpResponse:
 
 def _json_refused(exc: ApiError, protocol: Protocol) -> HttpResponse:
     if exc.status < 500:
-        stats.inc("requests_rejected")
+        stats.requests_rejected.inc()
     return render_json(exc)
 
 

@@ -126,7 +126,7 @@ def _guard_cardinality(rows: list[Row], now: datetime) -> None:
                 cur.execute(f"SELECT COUNT(*) FROM {_table('metrics_service')}")
                 total = cur.fetchone()[0]
                 if total + len(missing) > conf["MAX_SERVICES"]:
-                    stats.inc("rejected_cardinality")
+                    stats.rejected_cardinality.inc()
                     raise CardinalityError(
                         f"Service limit reached: {total} services exist, the cap is {conf['MAX_SERVICES']}. "
                         f"{room_hint()}.",
@@ -148,7 +148,7 @@ def _guard_cardinality(rows: list[Row], now: datetime) -> None:
             existing_series = {(service, m, h) for m, h in cur.fetchall()}
             missing_keys = [k for k in keys if k not in existing_series]
             if missing_keys and len(existing_series) + len(missing_keys) > conf["MAX_SERIES_PER_SERVICE"]:
-                stats.inc("rejected_cardinality")
+                stats.rejected_cardinality.inc()
                 raise CardinalityError(
                     f"Series limit reached for service {service!r}: {len(existing_series)} series exist, "
                     f"the cap is {conf['MAX_SERIES_PER_SERVICE']}; reduce distinct tag combinations. {room_hint()}.",
@@ -260,7 +260,7 @@ def store(
             rollups.insert_contributions(contributions)
         rollups.refresh_late_minutes(rows)
         outcome = evaluate(rows)
-    stats.inc("points_ingested", len(rows))
+    stats.points_ingested.inc(len(rows))
     wire_ts = _memo(iso)
     points: list[PointDict] = [
         {

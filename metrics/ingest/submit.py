@@ -110,7 +110,7 @@ def prepare(body: bytes, protocol: Protocol) -> Prepared:
     if protocol is Protocol.JSON:
         rows = validate_points(extract_points(parse_json(body), settings.TELEMETRY["INGEST_MAX_POINTS"]))
         return Prepared(rows, outside=lambda allowed: _outside_json(rows, allowed))
-    stats.inc("otlp_requests")
+    stats.otlp_requests.inc()
     try:
         done = otlp.prepare(body, as_json=protocol is Protocol.OTLP_JSON)
     except otlp.DecodeFailed as exc:
@@ -121,9 +121,9 @@ def prepare(body: bytes, protocol: Protocol) -> Prepared:
 
     def committed() -> None:
         otlp.cumulative.update(done.state)  # only now may the cumulative state move on
-        stats.inc("otlp_points_accepted", len(done.rows))
-        stats.inc("otlp_points_rejected", mapped.rejected)
-        stats.inc("otlp_unknown_metrics", sum(mapped.unknown.values()))
+        stats.otlp_points_accepted.inc(len(done.rows))
+        stats.otlp_points_rejected.inc(mapped.rejected)
+        stats.otlp_unknown_metrics.inc(sum(mapped.unknown.values()))
 
     return Prepared(
         done.rows,

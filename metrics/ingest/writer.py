@@ -147,11 +147,11 @@ class GroupWriter:
             except _LateAbandon:
                 # Rolled back: run the group again without the abandoned jobs,
                 # so nobody else's answer depends on a client that left.
-                stats.inc("ingest_group_retries")
+                stats.ingest_group_retries.inc()
                 jobs = [job for job in jobs if job.state != ABANDONED]
         # COMMIT returned: only now may any client hear "accepted".
-        stats.inc("ingest_groups")
-        stats.inc("ingest_group_jobs", len(group))
+        stats.ingest_groups.inc()
+        stats.ingest_group_jobs.inc(len(group))
         for job in group:
             if job.state == ABANDONED and not job.future.done():
                 job.future.set_exception(Abandoned("the client was already answered 503"))

@@ -51,11 +51,11 @@ class MetricsConsumer(AsyncWebsocketConsumer):
     async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
         size = len(text_data) if text_data is not None else len(bytes_data or b"")
         if size > self.max_message_bytes:  # servers other than daphne deliver it whole
-            stats.inc("ws_refused_too_big")
+            stats.ws_refused_too_big.inc()
             await self.close(code=fanout.CLOSE_TOO_BIG)
             return
         if not self.rate.allow(asyncio.get_running_loop().time()):
-            stats.inc("ws_refused_rate")
+            stats.ws_refused_rate.inc()
             await self.close(code=fanout.CLOSE_RATE_LIMIT)
             return
         subscription = self.conn.subscription
@@ -67,7 +67,7 @@ class MetricsConsumer(AsyncWebsocketConsumer):
 
     def _stalled(self) -> None:
         """The client has not read for the stall timeout: close, then cut the TCP connection."""
-        stats.inc("ws_closed_slow")
+        stats.ws_closed_slow.inc()
         loop = asyncio.get_running_loop()
         loop.create_task(self.close(code=fanout.CLOSE_TOO_SLOW))
         if self.watch is not None:  # always set when this callback can fire

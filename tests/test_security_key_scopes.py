@@ -13,7 +13,7 @@ import pytest
 import time_machine
 from django.contrib.auth import get_user_model
 
-from metrics.api import access
+from metrics.api import auth
 from metrics.errors import ApiError
 from metrics.models import ApiKey, Point
 
@@ -28,7 +28,7 @@ READ_PATHS = ["/metrics/query", "/metrics/services", "/metrics/alerts", "/metric
 
 @pytest.fixture(autouse=True)
 def frozen():
-    access._basic_ok.clear()
+    auth._basic_ok.clear()
     with time_machine.travel(datetime(2026, 11, 28, 0, 5, tzinfo=UTC)):
         yield
 

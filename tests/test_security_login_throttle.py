@@ -15,7 +15,7 @@ from django.contrib.auth import get_user_model
 from django.contrib.auth.forms import AuthenticationForm
 from django.test import RequestFactory
 
-from metrics.api import access
+from metrics.api import auth
 
 pytestmark = pytest.mark.django_db
 
@@ -25,7 +25,7 @@ RIGHT, WRONG = "correct-horse", "guess"
 
 @pytest.fixture(autouse=True)
 def frozen():
-    access._basic_ok.clear()
+    auth._basic_ok.clear()
     with time_machine.travel(T0, tick=False) as traveller:
         yield traveller
 

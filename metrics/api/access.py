@@ -8,6 +8,7 @@ Bearer or X-API-Key; on the WebSocket also ?api_key=) or HTTP basic auth with
 a Django user; a key that is sent is always checked, whatever the setting.
 Acting on alerts (acknowledge, resolve) always needs a staff user.
 The knob is read per request, so tests (and a settings reload) take effect at once.
+Who is asking (keys, basic auth, login throttling) is metrics/api/auth.py.
 
 WebSocket Origin: browsers always send one, so a handshake with an Origin
 must come from the page's own origin (scheme, host and port, as Django sees
@@ -17,26 +18,20 @@ which cannot ride a victim's cookies, and is let through to the login check.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import functools
-import hashlib
-import time
 from collections.abc import Callable
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import urlsplit
 
 from asgiref.sync import iscoroutinefunction
-from axes.backends import AxesStandaloneBackend
 from channels.db import database_sync_to_async
 from channels.security.websocket import WebsocketDenier
 from django.conf import settings
-from django.contrib.auth import authenticate, get_user_model
 from django.contrib.auth.views import redirect_to_login
 from django.http import HttpRequest, HttpResponse, HttpResponseForbidden
 from django.http.request import split_domain_port, validate_host
-from django.shortcuts import render
 
+from metrics.api import auth
 from metrics.errors import ApiError
 from metrics.models import ApiKey, api_key_from
 
@@ -84,9 +79,9 @@ def _api_check(request: HttpRequest) -> HttpResponse | None:
         except ApiError as exc:
             return render_json(exc)
         return None
-    basic = _basic_credentials(request.headers.get("Authorization", ""))
+    basic = auth.basic_credentials(request.headers.get("Authorization", ""))
     if basic is not None:
-        user = _basic_user(request, *basic)
+        user = auth.basic_user(request, *basic)
         if user is None:
             response = error("Invalid username or password (HTTP basic auth)", 401, field="Authorization")
             response["WWW-Authenticate"] = 'Bearer realm="telemetry"'
@@ -101,44 +96,6 @@ def _api_check(request: HttpRequest) -> HttpResponse | None:
         response["WWW-Authenticate"] = 'Bearer realm="telemetry"'
         return response
     return None
-
-
-def _basic_credentials(header: str) -> tuple[str, str] | None:
-    if header[:6].lower() != "basic ":
-        return None
-    try:
-        username, sep, password = base64.b64decode(header[6:].strip(), validate=True).decode().partition(":")
-    except (binascii.Error, UnicodeDecodeError):
-        return "", ""  # malformed: refused like a wrong password
-    return (username, password) if sep else ("", "")
-
-
-# A scraper sends its password every 15 s; hashing it each time (PBKDF2, ~0.3 s)
-# would cost more than the scrape. A success is remembered briefly, by the
-# header's hash (never the password itself); the user is re-read each time, so
-# deactivating the account still takes effect at once.
-BASIC_AUTH_CACHE_SECONDS = 60.0
-_basic_ok: dict[str, tuple[int, float]] = {}
-
-
-def _basic_user(request: HttpRequest, username: str, password: str) -> Any:
-    if not username:
-        return None
-    digest = hashlib.sha256(f"{username}\0{password}".encode()).hexdigest()
-    remembered = _basic_ok.get(digest)
-    if remembered is not None and remembered[1] > time.monotonic():
-        user = get_user_model().objects.filter(pk=remembered[0], is_active=True).first()
-        if user is not None:
-            return user
-    # authenticate() with the request, so django-axes counts failures and locks out guessing.
-    user = authenticate(request, username=username, password=password)
-    if user is None or not user.is_active:
-        _basic_ok.pop(digest, None)
-        return None
-    if len(_basic_ok) > 1000:
-        _basic_ok.clear()
-    _basic_ok[digest] = (user.pk, time.monotonic() + BASIC_AUTH_CACHE_SECONDS)
-    return user
 
 
 def _staff_check(request: HttpRequest) -> HttpResponse | None:
@@ -200,31 +157,6 @@ def websocket_allowed(scope: dict[str, Any]) -> bool:
     return _authenticated(scope.get("user")) or scope.get("api_key") is not None
 
 
-def _header(scope: dict[str, Any], name: bytes) -> str | None:
-    for key, value in scope.get("headers", []):
-        if key.lower() == name:
-            return value.decode("latin-1")
-    return None
-
-
-def websocket_key(scope: dict[str, Any]) -> str | None:
-    """The raw API key of a handshake: Authorization: Bearer, X-API-Key, or ?api_key=."""
-    headers = {"Authorization": _header(scope, b"authorization") or "", "X-API-Key": _header(scope, b"x-api-key")}
-    raw = api_key_from({k: v for k, v in headers.items() if v})
-    if raw:
-        return raw
-    # Browsers' WebSocket API cannot set headers; the query string is the fallback (it shows in access logs).
-    values = parse_qs(scope.get("query_string", b"").decode("latin-1")).get("api_key")
-    return values[0] if values else None
-
-
-def _read_key(raw: str) -> ApiKey | None:
-    try:
-        return ApiKey.authenticate({"X-API-Key": raw}, ApiKey.READ)
-    except ApiError:
-        return None
-
-
 class WebsocketLoginGuard:
     """ASGI middleware: refuses the handshake (HTTP 403) when login is required and missing.
 
@@ -238,9 +170,9 @@ class WebsocketLoginGuard:
 
     async def __call__(self, scope: dict[str, Any], receive: Callable, send: Callable) -> Any:
         if scope["type"] == "websocket":
-            raw = websocket_key(scope)
+            raw = auth.websocket_key(scope)
             if raw:
-                key = await database_sync_to_async(_read_key)(raw)
+                key = await database_sync_to_async(auth.read_key)(raw)
                 if key is None:
                     return await WebsocketDenier()(scope, receive, send)
                 scope = {**scope, "api_key": key}
@@ -271,7 +203,7 @@ def _request_scheme(scope: dict[str, Any]) -> str:
     if proxy:
         # The same trust Django gives the header for HTTP requests (request.is_secure()).
         name, expected = proxy
-        forwarded = _header(scope, name.removeprefix("HTTP_").replace("_", "-").lower().encode())
+        forwarded = auth.scope_header(scope, name.removeprefix("HTTP_").replace("_", "-").lower().encode())
         if forwarded is not None:
             secure = forwarded.split(",", 1)[0].strip() == expected
     return "https" if secure else "http"
@@ -279,8 +211,8 @@ def _request_scheme(scope: dict[str, Any]) -> str:
 
 def own_origin(scope: dict[str, Any]) -> tuple[str, str, int] | None:
     """The origin the handshake was addressed to (Host header + scheme), if its host is allowed."""
-    host = _header(scope, b"x-forwarded-host") if settings.USE_X_FORWARDED_HOST else None
-    host = (host or _header(scope, b"host") or "").split(",", 1)[0].strip()
+    host = auth.scope_header(scope, b"x-forwarded-host") if settings.USE_X_FORWARDED_HOST else None
+    host = (host or auth.scope_header(scope, b"host") or "").split(",", 1)[0].strip()
     domain, port = split_domain_port(host)
     allowed = settings.ALLOWED_HOSTS
     if settings.DEBUG and not allowed:
@@ -292,7 +224,7 @@ def own_origin(scope: dict[str, Any]) -> tuple[str, str, int] | None:
 
 
 def origin_allowed(scope: dict[str, Any]) -> bool:
-    origin = _header(scope, b"origin")
+    origin = auth.scope_header(scope, b"origin")
     if origin is None:
         return True  # not a browser, so no ambient cookies to abuse; the login check still applies
     claimed = _origin_tuple(origin)
@@ -323,35 +255,3 @@ class WebsocketOriginValidator:
 def dashboard_data_access(view: Callable) -> Callable:
     """Dashboard JSON endpoints: 401 in the API error shape instead of a login redirect."""
     return _both(view, _api_check)
-
-
-# --- Login throttling (django-axes; settings AXES_*) ------------------------------------
-
-
-class LoginThrottleBackend(AxesStandaloneBackend):
-    """django-axes' lockout check for every authenticate() that comes with a request.
-
-    Every login this server offers passes the request (admin, dashboard
-    LoginView, basic auth on the read API), so each is counted and locked out.
-    Only callers with no request at all (the test client's login(), scripts) skip
-    the check: there is no client address to count against, and axes would raise.
-    """
-
-    def authenticate(self, request: HttpRequest | None, *args: Any, **kwargs: Any) -> None:
-        if request is None:
-            return None
-        return super().authenticate(request, *args, **kwargs)
-
-
-def lockout_response(request: HttpRequest, original_response: Any = None, credentials: Any = None) -> HttpResponse:
-    """429 once a username+address pair is locked out: JSON for the API, a page for logins."""
-    minutes = int(settings.AXES_COOLOFF_TIME.total_seconds() // 60)
-    message = f"Too many failed logins: locked out for {minutes} minutes"
-    if request.path.startswith(("/metrics/", "/v1/")):
-        from metrics.api.errors import error
-
-        response = error(message, 429, field="Authorization")
-    else:
-        response = render(request, "admin/locked_out.html", {"title": message, "minutes": minutes}, status=429)
-    response["Retry-After"] = str(int(settings.AXES_COOLOFF_TIME.total_seconds()))
-    return response

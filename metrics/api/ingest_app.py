@@ -33,7 +33,7 @@ from django.http import HttpRequest, HttpResponse
 from django.middleware.security import SecurityMiddleware
 
 from metrics import stats
-from metrics.api import otlp
+from metrics.api import auth, otlp
 from metrics.api.errors import (
     FastJsonResponse,
     database_unavailable,
@@ -98,7 +98,6 @@ WIRES = {
         inflate=True,
     ),
 }
-CREDENTIAL_HEADERS = (("Authorization", "HTTP_AUTHORIZATION"), ("X-API-Key", "HTTP_X_API_KEY"))
 _NO_BODY = io.BytesIO(b"")
 # corsheaders' own decisions (CORS_* settings, read per request), without running it as middleware.
 _cors = CorsMiddleware(lambda request: HttpResponse())
@@ -111,12 +110,6 @@ def _security() -> SecurityMiddleware:
 
 
 setting_changed.connect(lambda **kwargs: _security.cache_clear(), weak=False)
-
-
-def credentials(request: HttpRequest) -> dict[str, str]:
-    """The headers a key may come in, copied so the key check can run on the writer thread."""
-    meta = request.META
-    return {name: meta[key] for name, key in CREDENTIAL_HEADERS if key in meta}
 
 
 async def ingest_app(scope: Scope, receive: Receive, send: Send) -> None:
@@ -151,15 +144,15 @@ async def _answer(request: HttpRequest, receive: Receive, wire: Wire) -> HttpRes
                 405, f"Method {request.method} not allowed; use POST", field="method", headers={"Allow": "POST"}
             )
         protocol = wire.protocol(content_type)
-        auth = credentials(request)
-        admit(auth)
+        credentials = auth.key_credentials(request)
+        admit(credentials)
         require_size(declared_size(request))
         body = await _read_body(receive)
         if body is None:
             return None
         if wire.inflate:
             body = otlp.inflate(body, request.headers.get("Content-Encoding", ""), _limit())
-        return wire.accepted(await submit(auth, body, protocol), protocol)
+        return wire.accepted(await submit(credentials, body, protocol), protocol)
     except ApiError as exc:
         return wire.refused(exc, protocol)
     except (DatabaseError, TimeoutError) as exc:

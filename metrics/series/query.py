@@ -55,37 +55,59 @@ def _as_list(raw: Any, name: str, errors: list) -> list[str] | None:
     return raw
 
 
+KNOWN_FIELDS = {"start_time", "end_time", "services", "metric_types", "aggregation", "limit", "exact"}
+
+
 def parse_query(params: dict[str, Any], now: datetime | None = None) -> QuerySpec:
+    """A query's parameters checked field by field; ValidationErrors naming every field at fault."""
     conf = settings.TELEMETRY
     now = now or datetime.now(UTC)
     errors: list[dict[str, Any]] = []
-    known = {"start_time", "end_time", "services", "metric_types", "aggregation", "limit", "exact"}
     for key in params:
-        if key not in known:
+        if key not in KNOWN_FIELDS:
             # An empty key still gets a field name clients can show.
             field_name = str(key)[:64] or "(empty key)"
-            errors.append(error_item(None, field_name, f"unknown field; expected one of {', '.join(sorted(known))}"))
-
-    def ts(name: str) -> datetime | None:
-        raw = params.get(name)
-        if raw in (None, ""):
-            return None
-        try:
-            when = parse_timestamp(raw)
-        except (ValueError, OverflowError, OSError) as exc:
-            errors.append(error_item(None, name, timestamp_problem(exc)))
-            return None
-        if not EARLIEST_TIME <= when < LATEST_TIME:
             errors.append(
-                error_item(None, name, f"out of range: must be from {iso(EARLIEST_TIME)} to before {iso(LATEST_TIME)}")
+                error_item(None, field_name, f"unknown field; expected one of {', '.join(sorted(KNOWN_FIELDS))}")
             )
-            return None
-        return when
+    end = _time(params, "end_time", errors) or now
+    start = _time(params, "start_time", errors) or max(end - timedelta(hours=1), EARLIEST_TIME)
+    services, metric_types = _series_filters(params, errors)
+    aggregation = params.get("aggregation") or "raw"
+    if aggregation not in AGGREGATIONS:
+        errors.append(error_item(None, "aggregation", f"must be one of {', '.join(AGGREGATIONS)}"))
+    limit = _limit(params.get("limit", conf["QUERY_DEFAULT_LIMIT"]), conf["QUERY_DEFAULT_LIMIT"], errors)
+    exact_raw = params.get("exact", False)
+    exact = exact_raw in (True, "true", "1", 1)
+    if exact_raw not in (True, False, "true", "false", "1", "0", 1, 0, None, ""):
+        errors.append(error_item(None, "exact", "must be a boolean"))
+    if not errors:
+        problem = _range_problem(start, end, aggregation, now)
+        if problem is not None:
+            errors.append(problem)
+    if errors:
+        raise ValidationErrors("Invalid query", errors)
+    return QuerySpec(start, end, services, metric_types, aggregation, limit, exact)
 
-    end = ts("end_time")
-    start = ts("start_time")
-    end = end or now
-    start = start or max(end - timedelta(hours=1), EARLIEST_TIME)
+
+def _time(params: dict[str, Any], name: str, errors: list[dict[str, Any]]) -> datetime | None:
+    raw = params.get(name)
+    if raw in (None, ""):
+        return None
+    try:
+        when = parse_timestamp(raw)
+    except (ValueError, OverflowError, OSError) as exc:
+        errors.append(error_item(None, name, timestamp_problem(exc)))
+        return None
+    if not EARLIEST_TIME <= when < LATEST_TIME:
+        errors.append(
+            error_item(None, name, f"out of range: must be from {iso(EARLIEST_TIME)} to before {iso(LATEST_TIME)}")
+        )
+        return None
+    return when
+
+
+def _series_filters(params: dict[str, Any], errors: list[dict[str, Any]]) -> tuple[list[str] | None, list[str] | None]:
     services = _as_list(params.get("services"), "services", errors)
     if services:
         bad = [s for s in services if not SERVICE_RE.fullmatch(s)]
@@ -100,51 +122,40 @@ def parse_query(params: dict[str, Any], now: datetime | None = None) -> QuerySpe
                     None, "metric_types", f"unknown metric type {bad[0][:32]!r}; expected {', '.join(METRIC_TYPES)}"
                 )
             )
-    aggregation = params.get("aggregation") or "raw"
-    if aggregation not in AGGREGATIONS:
-        errors.append(error_item(None, "aggregation", f"must be one of {', '.join(AGGREGATIONS)}"))
-    limit_raw = params.get("limit", conf["QUERY_DEFAULT_LIMIT"])
-    limit = conf["QUERY_DEFAULT_LIMIT"]
+    return services, metric_types
+
+
+def _limit(raw: Any, default: int, errors: list[dict[str, Any]]) -> int:
     try:
-        if isinstance(limit_raw, bool | float):
+        if isinstance(raw, bool | float):
             raise ValueError
-        limit = int(limit_raw)
+        limit = int(raw)
         if limit < 1 or limit > 100_000:
             raise ValueError
     except (TypeError, ValueError):
         errors.append(error_item(None, "limit", "must be an integer between 1 and 100000"))
-    exact_raw = params.get("exact", False)
-    exact = exact_raw in (True, "true", "1", 1)
-    if exact_raw not in (True, False, "true", "false", "1", "0", 1, 0, None, ""):
-        errors.append(error_item(None, "exact", "must be a boolean"))
-    if not errors:
-        retention = timedelta(days=conf["ROLLUP_RETENTION_DAYS"])
-        if end < start:
-            errors.append(error_item(None, "end_time", "must not be before start_time"))
-        elif end == start and aggregation != "raw":
-            # Buckets cover [start, end): an empty range has none. Raw points include their end.
-            errors.append(error_item(None, "end_time", "must be after start_time for a bucketed aggregation"))
-        elif end - start > retention:
-            errors.append(
-                error_item(None, "start_time", f"the range may span at most {conf['ROLLUP_RETENTION_DAYS']} days")
-            )
-        elif start < now - retention - timedelta(minutes=1):
-            errors.append(
-                error_item(
-                    None, "start_time", f"older than the rollup retention ({conf['ROLLUP_RETENTION_DAYS']} days)"
-                )
-            )
-        elif aggregation == "raw" and start < now - timedelta(hours=conf["RAW_RETENTION_HOURS"]):
-            errors.append(
-                error_item(
-                    None,
-                    "start_time",
-                    f"raw points are kept {conf['RAW_RETENTION_HOURS']:g} h; use a bucketed aggregation",
-                )
-            )
-    if errors:
-        raise ValidationErrors("Invalid query", errors)
-    return QuerySpec(start, end, services, metric_types, aggregation, limit, exact)
+        return default
+    return limit
+
+
+def _range_problem(start: datetime, end: datetime, aggregation: str, now: datetime) -> dict[str, Any] | None:
+    """What is wrong with [start, end] for this aggregation and the retention, if anything."""
+    conf = settings.TELEMETRY
+    retention = timedelta(days=conf["ROLLUP_RETENTION_DAYS"])
+    if end < start:
+        return error_item(None, "end_time", "must not be before start_time")
+    if end == start and aggregation != "raw":
+        # Buckets cover [start, end): an empty range has none. Raw points include their end.
+        return error_item(None, "end_time", "must be after start_time for a bucketed aggregation")
+    if end - start > retention:
+        return error_item(None, "start_time", f"the range may span at most {conf['ROLLUP_RETENTION_DAYS']} days")
+    if start < now - retention - timedelta(minutes=1):
+        return error_item(None, "start_time", f"older than the rollup retention ({conf['ROLLUP_RETENTION_DAYS']} days)")
+    if aggregation == "raw" and start < now - timedelta(hours=conf["RAW_RETENTION_HOURS"]):
+        return error_item(
+            None, "start_time", f"raw points are kept {conf['RAW_RETENTION_HOURS']:g} h; use a bucketed aggregation"
+        )
+    return None
 
 
 def bucket_seconds(spec: QuerySpec, use_raw: bool) -> int:

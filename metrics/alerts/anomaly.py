@@ -389,7 +389,8 @@ class RecentCache:
             )
         fresh = fetch_matrix([(start, last + 1)])
         self.rows_read += int(np.sum(~np.isnan(fresh.values)))
-        keys = keys + [key for key in fresh.keys if key not in set(keys)]
+        known = set(keys)
+        keys = keys + [key for key in fresh.keys if key not in known]
         minutes = np.arange(first, max(last, first + len(values) - 1) + 1)
         out = np.full((len(minutes), len(keys)), np.nan)
         out[: len(values), : values.shape[1]] = values
@@ -461,7 +462,8 @@ def evaluate_minutes(first: int, last: int, method: Method = METHOD) -> Evaluati
     recent = caches.recent.read(ext_first, last)
     firing_now = {(a.service, a.metric_type): a for a in Alert.objects.firing().filter(kind=Alert.ANOMALY)}
     # A firing series silent for the whole span still gets a (NaN, hence calm) column, so it resolves.
-    all_keys = recent.keys + [key for key in firing_now if key not in set(recent.keys)]
+    known = set(recent.keys)
+    all_keys = recent.keys + [key for key in firing_now if key not in known]
     values_all = recent.columns(all_keys)
     has_recent = np.any(~np.isnan(values_all[first - ext_first :]), axis=0)
     active: list[int] = []

@@ -4,18 +4,21 @@ The method (docs/alerts.md, "Anomaly detection", with its measured precision
 and recall from bench/anomaly_eval.py):
 
 - x is a series' per-minute mean (sum / count of its Rollup row).
-- Baseline: the median and MAD of the same minute of day, +-SEASON_HALF_WIDTH
-  minutes, on each of the last SEASON_DAYS days when at least SEASON_MIN_DAYS
-  of them have data (seasonal); otherwise of the TRAILING_MINUTES before x.
+- Baseline: the median and MAD of the same minute of day, +-season_half_width
+  minutes, on each of the last season_days days when at least
+  season_min_days of them have data (seasonal), both scaled by the recent
+  level (the median of x / seasonal median over the last level_minutes,
+  clamped to +-level_max); otherwise of the trailing_minutes before x.
 - Score: the modified z-score of Iglewicz & Hoaglin (1993),
-  z = 0.6745 (x - median) / MAD, with the MAD floored at MAD_FLOOR_RATIO of
-  |median| so a flat series does not turn noise into huge scores.
+  z = 0.6745 (x - expected) / MAD, with the MAD floored at mad_floor_ratio of
+  |expected| so a flat series does not turn noise into huge scores.
 - An anomaly alert opens when |z| > k for N consecutive minutes (k and N per
   AlertRule), and resolves once |z| < k * RESOLVE_RATIO for RESOLVE_MINUTES
   consecutive minutes (a minute without data counts as calm).
 
-Everything is vectorised over a minutes x series matrix, so one evaluation of
-every active series is one SQL query and a few numpy sorts. Decisions are
+Everything is vectorised over a minutes x series matrix. Past days' statistics
+are cached per hour and recent values extended each run (SeasonCache,
+RecentCache), so a run reads only the last few minutes of each series. Decisions are
 derived from the scores of a short window, not from counters, so evaluating
 the same minute twice (two server instances, a restart) changes nothing.
 """

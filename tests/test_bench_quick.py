@@ -27,6 +27,14 @@ EXPECTED = {
     "5_ws_fanout",
     "6_prune",
     "7_dashboard",
+    "8a_admin",
+    "8b_admin",
+    "8c_admin",
+    "8d_admin",
+    "9a_pages",
+    "9b_pages",
+    "9c_pages",
+    "9d_settled",
 }
 
 pytestmark = [pytest.mark.live, pytest.mark.slow]

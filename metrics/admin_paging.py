@@ -70,7 +70,7 @@ class BoundedCountPaginator(Paginator):
 
     @cached_property
     def count(self) -> int:
-        qs = self.object_list
+        qs: QuerySet = self.object_list  # type: ignore[assignment]  # the admin always pages a QuerySet
         if not qs.query.where:
             estimate = estimated_rows(qs.model, qs.db)
             if estimate is not None and estimate > self.bound:

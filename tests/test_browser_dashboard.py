@@ -20,6 +20,7 @@ import httpx
 import pytest
 
 from tests.live import ROOT, LiveServer
+from tests.services import require_service
 
 pytestmark = [pytest.mark.live, pytest.mark.browser, pytest.mark.slow]
 
@@ -37,8 +38,12 @@ ARTIFACTS = ROOT / "test-artifacts"
 SEED_SERVICES = ("api", "auth", "database")
 STAFF = ("oncall", "browser-test-pw")
 
-if not Path(CHROMIUM).exists() and not shutil.which("chromium"):
-    pytest.skip("Chromium is not installed (apt-get install chromium); browser tests need it", allow_module_level=True)
+require_service(
+    "Chromium",
+    Path(CHROMIUM).exists() or shutil.which("chromium") is not None,
+    "apt-get install chromium (.ci/run installs it)",
+    allow_module_level=True,
+)
 sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (requirements-dev.txt)")
 if not (ROOT / "static" / "vendor" / "chart.umd.js").exists():
     pytest.skip(

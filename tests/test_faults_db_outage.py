@@ -16,6 +16,7 @@ import pytest
 
 from tests.faultkit import OwnPostgres, postgres_bindir, tagged_batch, wait_for
 from tests.live import LiveServer
+from tests.services import require_service
 
 pytestmark = [pytest.mark.live, pytest.mark.slow]
 
@@ -24,16 +25,17 @@ FEW_SECONDS = 8.0
 
 @pytest.fixture
 def own_postgres():
-    if postgres_bindir() is None:
-        pytest.skip("PostgreSQL server binaries (/usr/lib/postgresql/*/bin/initdb) are not installed")
+    require_service(
+        "PostgreSQL", postgres_bindir() is not None, "server binaries (/usr/lib/postgresql/*/bin/initdb) not installed"
+    )
     pg = OwnPostgres()
     try:
+        # With the binaries present a cluster that will not start is a failure
+        # to read, not a reason to skip.
         pg.init()
-    except Exception as exc:  # initdb/pg_ctl unusable here (e.g. no non-root user)
+        yield pg
+    finally:
         pg.destroy()
-        pytest.skip(f"cannot run a private PostgreSQL cluster: {exc}")
-    yield pg
-    pg.destroy()
 
 
 def _ingest(url: str, rid: str) -> tuple[httpx.Response, float]:

@@ -11,6 +11,7 @@ receive new points again, with no server restart.
 from __future__ import annotations
 
 import asyncio
+import shutil
 import time
 import uuid
 
@@ -23,6 +24,7 @@ from websockets.typing import Origin
 from tests.faultkit import OwnRedis
 from tests.live import LiveServer
 from tests.pgtools import PG_URL, count, dedicated_database, reachable
+from tests.services import require_service
 
 pytestmark = [pytest.mark.live, pytest.mark.slow, pytest.mark.postgres]
 
@@ -31,13 +33,10 @@ ORIGIN = Origin("http://127.0.0.1")
 
 @pytest.fixture
 def stack(tmp_path):
-    if not reachable(PG_URL, 5432):
-        pytest.skip(f"needs the shared PostgreSQL at {PG_URL}")
+    require_service("PostgreSQL", reachable(PG_URL, 5432), f"nothing answers at {PG_URL}")
+    require_service("Redis", shutil.which("redis-server") is not None, "redis-server is not installed")
     redis = OwnRedis()
-    try:
-        redis.start()
-    except FileNotFoundError:
-        pytest.skip("redis-server is not installed")
+    redis.start()
     try:
         with dedicated_database("telemetry_redis_outage") as db_url:
             env = {

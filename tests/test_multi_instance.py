@@ -27,16 +27,13 @@ from websockets.typing import Origin
 
 from tests import pgtools
 from tests.live import ROOT, LiveServer, free_port
+from tests.services import require_service
 
 pytestmark = [pytest.mark.live, pytest.mark.postgres]
 
 
 def require_scale_out() -> None:
-    if pgtools.scale_out_available():
-        return
-    if os.environ.get("REQUIRE_SCALE_OUT") == "1":
-        pytest.fail("REQUIRE_SCALE_OUT=1 but " + pgtools.SKIP_REASON)
-    pytest.skip(pgtools.SKIP_REASON)
+    require_service("PostgreSQL and Redis", pgtools.scale_out_available(), pgtools.SKIP_REASON)
 
 
 @pytest.fixture(scope="module")

@@ -22,6 +22,7 @@ from websockets.typing import Origin
 
 from tests.live import LiveServer
 from tests.pgtools import REDIS_URL, reachable
+from tests.services import require_service
 
 pytestmark = [pytest.mark.live, pytest.mark.slow]
 
@@ -40,8 +41,7 @@ def server(request, tmp_path_factory) -> Iterator[LiveServer]:
         "TELEMETRY_SCHEDULER": "0",
     }
     if request.param == "redis":
-        if not reachable(REDIS_URL, 6379):
-            pytest.skip(f"Redis not reachable at {REDIS_URL}")
+        require_service("Redis", reachable(REDIS_URL, 6379), f"nothing answers at {REDIS_URL}")
         env.update(REDIS_URL=REDIS_URL, CHANNEL_LAYER_PREFIX=f"streamtest{uuid.uuid4().hex[:8]}")
     else:
         env["REDIS_URL"] = ""

@@ -19,6 +19,7 @@ MODULES = {
     "ingest": ("1", "2"),
     "query": ("3", "7", "6"),
     "ws": ("4", "5"),
+    "ws_memory": ("8",),
 }
 
 
@@ -87,9 +88,9 @@ def main(argv: list[str] | None = None) -> int:
     def log(msg: str) -> None:
         print(msg, file=sys.stderr, flush=True)
 
-    from . import fig_ingest, fig_query, fig_ws
+    from . import fig_ingest, fig_query, fig_ws, fig_ws_memory
 
-    modules = {"ingest": fig_ingest, "query": fig_query, "ws": fig_ws}
+    modules = {"ingest": fig_ingest, "query": fig_query, "ws": fig_ws, "ws_memory": fig_ws_memory}
     figures: list[Figure] = []
     started = time.perf_counter()
     log(

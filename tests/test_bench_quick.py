@@ -27,6 +27,7 @@ EXPECTED = {
     "5_ws_fanout",
     "6_prune",
     "7_dashboard",
+    "8_ws_memory",
 }
 
 pytestmark = [pytest.mark.live, pytest.mark.slow]

@@ -37,6 +37,7 @@ EXPECTED = {
     "11b_pages",
     "11c_pages",
     "11d_settled",
+    "12_ws_memory",
 }
 
 pytestmark = [pytest.mark.live, pytest.mark.slow]

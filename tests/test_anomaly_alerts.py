@@ -180,3 +180,25 @@ def test_the_maintenance_runner_evaluates_after_each_roll_up(monkeypatch, teleme
     for t in (1000, 1015, 1030):
         s.tick(float(t))
     assert log == ["prune", "roll_up", "anomaly", "roll_up", "anomaly"]
+
+
+def test_an_anomaly_alert_opening_and_resolving_writes_notifications(normal_hour):
+    from metrics.alerts.models import ContactPoint, Notification
+
+    ContactPoint.objects.create(name="oncall", destination="json://127.0.0.1:9/hook")
+    for n in range(3):
+        rollup(n, 400)
+    for n in range(4):
+        step_to(n)
+    opened = Notification.objects.get()
+    assert opened.status == Notification.OPEN
+    assert [a.kind for a in opened.alerts.all()] == ["anomaly"]
+    Notification.objects.update(state=Notification.SENT)  # delivered; a later change is a new message
+
+    calm = anomaly.METHOD.resolve_minutes
+    for n in range(3, 3 + calm):
+        rollup(n, 100)
+    for n in range(4, 4 + calm):
+        step_to(n)
+    assert Alert.objects.get().state == "resolved"
+    assert set(Notification.objects.values_list("status", flat=True)) == {Notification.OPEN, Notification.RESOLVE}

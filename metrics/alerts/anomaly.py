@@ -35,6 +35,7 @@ from django.db import IntegrityError, connection, transaction
 from numpy.lib.stride_tricks import sliding_window_view
 
 from metrics import rollups
+from metrics.alerts import notify
 from metrics.models import Alert, AlertRule
 from metrics.processor import UNIT_SUFFIX
 
@@ -495,7 +496,9 @@ def evaluate_minutes(first: int, last: int, method: Method = METHOD) -> Evaluati
     covered = {all_keys[c] for c in active}
     for key, alert in firing_now.items():
         if key not in covered and setting_for(*key, defaults, overrides) is None:
-            alert.resolve(_at(last + 1))
+            with transaction.atomic():
+                alert.resolve(_at(last + 1))
+                notify.enqueue([alert], known_ids={alert.pk})  # outbox, same transaction
             report.resolved += 1
             changed.append(alert)
     if changed:
@@ -518,46 +521,68 @@ def _apply(
     changed: list[Alert] = []
     moved = np.any(moves.opened[start:] | moves.resolved[start:], axis=0) | moves.firing
     touched = sorted(set(np.flatnonzero(moved).tolist()) | {i for i, key in enumerate(keys) if key in firing_now})
+    known = {a.pk for a in firing_now.values()}
     for col in touched:
         key = keys[col]
         alert = firing_now.get(key)
+        before = len(changed)
         with transaction.atomic():
-            for t in range(start, len(targets)):
-                minute = int(targets[t])
-                if alert is None and moves.opened[t, col]:
-                    alert = _open(key, minute, t, col, targets, x, z, base, k, moves)
-                    if alert is not None:
-                        report.opened += 1
-                        changed.append(alert)
-                    continue
-                if alert is None:
-                    continue
-                if moves.hot[t, col] and _at(minute) > alert.last_breach_at:
-                    alert.latest_value = float(x[t, col])
-                    alert.last_breach_at = _at(minute)
-                    alert.breach_count += 1
-                    alert.healthy_count = 0
-                    if abs(z[t, col]) >= 2 * k[col] and alert.severity == Alert.WARNING:
-                        alert.severity = Alert.CRITICAL
-                        alert.message = _message(key, float(x[t, col]), float(z[t, col]), base, k, t, col)
-                        if alert not in changed:
-                            changed.append(alert)
-                    alert.save()
-                    report.updated += 1
-                elif not moves.hot[t, col] and _at(minute) > alert.last_breach_at:
-                    if not np.isnan(x[t, col]):
-                        alert.latest_value = float(x[t, col])
-                    alert.healthy_count = int(moves.calm_run[t, col])
-                    if moves.resolved[t, col]:
-                        alert.state = Alert.RESOLVED
-                        alert.resolved_at = _at(minute + 1)
-                        report.resolved += 1
-                        if alert not in changed:
-                            changed.append(alert)
-                    alert.save()
-                    if alert.state == Alert.RESOLVED:
-                        alert = None
+            _walk(col, key, alert, start, targets, x, z, base, k, moves, changed, report)
+            # Outbox rows in the transaction that changed the alerts, as for thresholds.
+            notify.enqueue(changed[before:], known_ids=known)
     return changed
+
+
+def _walk(
+    col: int,
+    key: tuple[str, str],
+    alert: Alert | None,
+    start: int,
+    targets: np.ndarray,
+    x: np.ndarray,
+    z: np.ndarray,
+    base: Baseline,
+    k: np.ndarray,
+    moves: Transitions,
+    changed: list[Alert],
+    report: EvaluationReport,
+) -> None:
+    """One series' minutes in order: open, update, escalate and resolve its anomaly alert."""
+    for t in range(start, len(targets)):
+        minute = int(targets[t])
+        if alert is None and moves.opened[t, col]:
+            alert = _open(key, minute, t, col, targets, x, z, base, k, moves)
+            if alert is not None:
+                report.opened += 1
+                changed.append(alert)
+            continue
+        if alert is None:
+            continue
+        if moves.hot[t, col] and _at(minute) > alert.last_breach_at:
+            alert.latest_value = float(x[t, col])
+            alert.last_breach_at = _at(minute)
+            alert.breach_count += 1
+            alert.healthy_count = 0
+            if abs(z[t, col]) >= 2 * k[col] and alert.severity == Alert.WARNING:
+                alert.severity = Alert.CRITICAL
+                alert.message = _message(key, float(x[t, col]), float(z[t, col]), base, k, t, col)
+                if alert not in changed:
+                    changed.append(alert)
+            alert.save()
+            report.updated += 1
+        elif not moves.hot[t, col] and _at(minute) > alert.last_breach_at:
+            if not np.isnan(x[t, col]):
+                alert.latest_value = float(x[t, col])
+            alert.healthy_count = int(moves.calm_run[t, col])
+            if moves.resolved[t, col]:
+                alert.state = Alert.RESOLVED
+                alert.resolved_at = _at(minute + 1)
+                report.resolved += 1
+                if alert not in changed:
+                    changed.append(alert)
+            alert.save()
+            if alert.state == Alert.RESOLVED:
+                alert = None
 
 
 def _message(key: tuple[str, str], value: float, z: float, base: Baseline, k: np.ndarray, t: int, col: int) -> str:

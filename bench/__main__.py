@@ -20,6 +20,8 @@ MODULES = {
     "query": ("3", "7", "6"),
     "ws": ("4", "5"),
     "anomaly": ("8", "9"),
+    "pages": ("10", "11"),
+    "ws_memory": ("12",),
 }
 
 
@@ -89,9 +91,16 @@ def main(argv: list[str] | None = None) -> int:
     def log(msg: str) -> None:
         print(msg, file=sys.stderr, flush=True)
 
-    from . import anomaly_eval, fig_ingest, fig_query, fig_ws
+    from . import anomaly_eval, fig_ingest, fig_pages, fig_query, fig_ws, fig_ws_memory
 
-    modules = {"ingest": fig_ingest, "query": fig_query, "ws": fig_ws, "anomaly": anomaly_eval}
+    modules = {
+        "ingest": fig_ingest,
+        "query": fig_query,
+        "ws": fig_ws,
+        "anomaly": anomaly_eval,
+        "pages": fig_pages,
+        "ws_memory": fig_ws_memory,
+    }
     figures: list[Figure] = []
     started = time.perf_counter()
     log(

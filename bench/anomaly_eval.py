@@ -7,9 +7,10 @@ history, then seven evaluated days in which most series get one injected
 anomaly of one shape (spike, level shift, slow drift, changed daily pattern)
 and the rest none.
 
-Both detectors see the same minutes and need the same 3 consecutive minutes
-to open and 5 calm minutes to resolve:
-- anomaly: metrics.alerts.anomaly (the code the server runs), k = 5;
+All detectors see the same minutes and share the lifecycle: 3 consecutive
+minutes to open, METHOD.resolve_minutes (15) calm minutes to resolve:
+- anomaly: metrics.alerts.anomaly (the code the server runs), k = 5, whose
+  defaults were tuned on seed 1 (the reported figure uses seed 2);
 - trailing only: the same with the seasonal baseline switched off;
 - threshold: a fixed line per series set just outside its normal week
   (10 % above the history's 99.9th percentile, 10 % below its 0.1th).
@@ -19,8 +20,9 @@ minutes after its end; precision = true alerts / alerts, recall = anomalies
 with at least one true alert / anomalies, time to detect = minutes from onset
 to the end of the minute the alert opened in. Deterministic for a seed.
 
-`make bench` runs it as figure 8 (and figure 9: the cost of one evaluation of
-1,000 active series against SQLite rollups).
+`make bench` runs it as figure 8 (and figure 9: the cost of evaluating 1,000
+active series against SQLite rollups, per minute with warm caches, at the
+hourly seasonal refresh, and at a cold start).
 """
 
 from __future__ import annotations
@@ -233,7 +235,12 @@ def markdown(scores: list[Score], series: int, seed: int) -> str:
 
 
 def measure_cost(series_count: int, repeats: int) -> dict[str, Any]:
-    """Rollups for exactly the minutes one evaluation reads, then time evaluate_minutes()."""
+    """Rollups for the minutes the evaluations read, then time evaluate_minutes() as the runner calls it.
+
+    - steady: one minute, caches warm (the runner's case 59 minutes an hour): reads the last few minutes;
+    - hourly: the first minute of an hour reads the past days' slices of that hour (once per hour);
+    - cold: the first evaluation after a start fills both caches.
+    """
     from django.core.management import call_command
     from django.db import connection
 
@@ -244,38 +251,52 @@ def measure_cost(series_count: int, repeats: int) -> dict[str, Any]:
 
     call_command("migrate", verbosity=0)
     AlertRule.objects.update(anomaly=True)
-    last = 29_000_000
+    method = anomaly.METHOD
+    last = (29_000_000 // anomaly.HOUR) * anomaly.HOUR + 30
+    lookback = max(anomaly.DEFAULT_MINUTES, method.resolve_minutes)
+    ext_first = last - 1 - lookback + 1 - method.history
+    hours_first, hours_last = ext_first // anomaly.HOUR * anomaly.HOUR, (last // anomaly.HOUR + 1) * anomaly.HOUR - 1
+    ranges = [*anomaly.season_ranges(hours_first, hours_last, method), (ext_first, last + 1)]
+    wanted = np.concatenate([np.arange(a, b) for a, b in ranges])
     rng = np.random.default_rng(7)
     services = [f"svc-{i:04d}" for i in range(-(-series_count // len(METRIC_TYPES)))]
     keys = [(s, m) for s in services for m in METRIC_TYPES][:series_count]
-    lookback = max(anomaly.DEFAULT_MINUTES, anomaly.METHOD.resolve_minutes)
-    wanted = np.concatenate([np.arange(a, b) for a, b in anomaly.needed_ranges(last - lookback + 1, last)])
-    params = []
-    for s, m in keys:
-        means = 100 * rng.lognormal(0, 0.03, len(wanted))
-        for minute, mean in zip(wanted.tolist(), means.tolist(), strict=True):
-            params.append((s, m, rollups.db_ts(anomaly._at(minute)), 10, mean * 10, mean, mean, b""))
+    stamps = [rollups.db_ts(anomaly._at(minute)) for minute in wanted.tolist()]
     with connection.cursor() as cur:
         cur.execute("DELETE FROM metrics_rollup")
-        cur.executemany(
-            "INSERT INTO metrics_rollup (service, metric_type, minute, count, sum, min, max, sketch) "
-            "VALUES (%s, %s, %s, %s, %s, %s, %s, %s)",
-            params,
-        )
-    anomaly.evaluate_minutes(last, last)  # warm-up (and any alert the noise opens)
-    total, fetch = [], []
+        for s, m in keys:
+            means = (100 * rng.lognormal(0, 0.03, len(wanted))).tolist()
+            cur.executemany(
+                "INSERT INTO metrics_rollup (service, metric_type, minute, count, sum, min, max, sketch) "
+                "VALUES (%s, %s, %s, 10, %s, %s, %s, '')",
+                [(s, m, ts, mean * 10, mean, mean) for ts, mean in zip(stamps, means, strict=True)],
+            )
+    cold, hourly, steady = [], [], []
     for _ in range(repeats):
+        anomaly.reset()
+        t0 = time.perf_counter()
+        anomaly.evaluate_minutes(last - 1, last - 1)
+        cold.append(time.perf_counter() - t0)
+        rows = anomaly._caches.recent.rows_read
         t0 = time.perf_counter()
         report = anomaly.evaluate_minutes(last, last)
-        total.append(time.perf_counter() - t0)
+        steady.append(time.perf_counter() - t0)
+        rows = anomaly._caches.recent.rows_read - rows
+        anomaly._caches.season.blocks.pop(last // anomaly.HOUR)
         t0 = time.perf_counter()
-        anomaly.fetch_matrix(anomaly.needed_ranges(last - lookback + 1, last))
-        fetch.append(time.perf_counter() - t0)
+        anomaly.evaluate_minutes(last, last)
+        hourly.append(time.perf_counter() - t0)
+    anomaly.reset()
+
+    def ms(xs: list[float]) -> float:
+        return round(statistics.median(xs) * 1000, 1)
+
     return {
         "series": report.series,
-        "rollup_rows_read": len(params),
-        "evaluation_ms_median": round(statistics.median(total) * 1000, 1),
-        "query_ms_median": round(statistics.median(fetch) * 1000, 1),
+        "evaluation_ms_median": ms(steady),
+        "rollup_rows_read_per_minute": rows,
+        "hourly_refresh_ms_median": ms(hourly),
+        "cold_start_ms_median": ms(cold),
         "repeats": repeats,
     }
 
@@ -294,8 +315,8 @@ def run(cfg: Any, log: Any) -> list[Any]:
             title="anomaly alerts: recall at precision (vs fixed threshold)",
             value=round(method.recall(), 3),
             unit=f"recall @ precision {method.precision:.2f}",
-            target="precision >= 0.9, recall > threshold's",
-            passed=method.precision >= 0.9 and method.recall() > threshold.recall(),
+            target="precision >= 0.8, recall >= 0.8 and > threshold's",
+            passed=method.precision >= 0.8 and method.recall() >= 0.8 and method.recall() > threshold.recall(),
             baseline=round(threshold.recall(), 3),
             baseline_label=f"fixed threshold (precision {threshold.precision:.2f})",
             ratio=ratio(method.recall(), threshold.recall()),
@@ -308,11 +329,11 @@ def run(cfg: Any, log: Any) -> list[Any]:
     figures.append(
         Figure(
             key="9_anomaly_cost",
-            title=f"anomaly evaluation, {active:,} series (SQLite rollups)",
+            title=f"anomaly evaluation per minute, {active:,} series (SQLite rollups)",
             value=cost["evaluation_ms_median"],
-            unit="ms per evaluation",
-            target="< 1,000 ms (runs once a minute)",
-            passed=cost["evaluation_ms_median"] < 1000,
+            unit="ms per evaluation (warm caches)",
+            target="< 100 ms a minute; hourly refresh < 2,000 ms",
+            passed=cost["evaluation_ms_median"] < 100 and cost["hourly_refresh_ms_median"] < 2000,
             details=cost,
         )
     )

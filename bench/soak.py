@@ -2,6 +2,7 @@
 
     python -m bench.soak --minutes 30            # the standing soak (not in CI)
     python -m bench.soak --minutes 3 --sample-seconds 15   # a short proof run
+    python -m bench.soak --minutes 120 --tracemalloc       # + what grew between minute 30 and the end
 
 One daphne server (SQLite in WAL mode, its scheduler on, in a fresh temp dir;
 --database-url for PostgreSQL) takes --rate points/s in batches from a paced
@@ -10,6 +11,10 @@ One daphne server (SQLite in WAL mode, its scheduler on, in a fresh temp dir;
 Every --sample-seconds the server's RSS, open file descriptors, database size,
 oldest stored point and error counts are appended to bench/soak.json (written
 after each sample, so an interrupted run keeps what it measured).
+
+With --tracemalloc the server traces its allocations (bench/memtrace.py) and
+snapshots them at --tracemalloc-at minutes and at the end; the summary's
+"tracemalloc" lists the 20 source lines that grew most in between.
 
 Done means: memory growth under 10 % after the warm-up (the first 5 minutes,
 or the first third of a shorter run), zero errors, and a database whose oldest
@@ -39,6 +44,7 @@ import orjson
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench import memtrace  # noqa: E402
 from tests.live import LiveServer  # noqa: E402
 
 SERVICES = ("auth", "api", "database", "cache", "queue")
@@ -456,6 +462,27 @@ def summarise(samples: list[dict[str, Any]], args: argparse.Namespace, retention
     }
 
 
+def take_snapshot(pid: int, prefix: Path, n: int, timeout: float = 120.0) -> Path | None:
+    """Ask the server (SIGUSR1, see bench/memtrace.py) for snapshot n and wait until it is written."""
+    path = memtrace.snapshot_path(prefix, n)
+    os.kill(pid, signal.SIGUSR1)
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        if time.monotonic() > deadline:
+            return None
+        time.sleep(0.2)
+    return path
+
+
+def tracemalloc_summary(snapshots: list[Path | None], args: argparse.Namespace) -> dict[str, Any]:
+    if len(snapshots) < 2 or None in snapshots:
+        return {"error": f"snapshots missing: {snapshots}"}
+    first, last = snapshots[0], snapshots[1]
+    assert first is not None and last is not None
+    at = min(args.tracemalloc_at, args.minutes / 2)
+    return {"between_minutes": [at, args.minutes]} | memtrace.top_growth(first, last)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.soak", description=__doc__.split("\n\n")[0])
     parser.add_argument("--minutes", type=float, default=30)
@@ -473,6 +500,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-browser", action="store_true")
     parser.add_argument("--database-url", default="", help="PostgreSQL URL (a migrated, dedicated database)")
     parser.add_argument("--out", default=str(ROOT / "bench" / "soak.json"))
+    parser.add_argument(
+        "--tracemalloc", action="store_true", help="trace the server's allocations; diff two snapshots in the summary"
+    )
+    parser.add_argument(
+        "--tracemalloc-at",
+        type=float,
+        default=30,
+        help="minute of the first snapshot (the second is at the end); clamped to half a shorter run",
+    )
     args = parser.parse_args(argv)
 
     workdir = Path(tempfile.mkdtemp(prefix="telemetry-soak-"))
@@ -487,6 +523,9 @@ def main(argv: list[str] | None = None) -> int:
         "RAW_RETENTION_HOURS": str(retention_hours),
         "LOG_LEVEL": "WARNING",
     }
+    trace_prefix = workdir / "tracemalloc"
+    if args.tracemalloc:
+        env[memtrace.ENV] = str(trace_prefix)
     server = LiveServer(workdir, env=env).start()
     assert server.proc is not None
     pid = server.proc.pid
@@ -504,6 +543,7 @@ def main(argv: list[str] | None = None) -> int:
         signal.signal(sig, lambda *_: stopping.set())
 
     samples: list[dict[str, Any]] = []
+    snapshots: list[Path | None] = []
     out = Path(args.out)
     print(
         f"soak: {args.minutes:g} min at {args.rate:g} points/s ({args.batch}/request), {args.clients} WebSocket clients, "
@@ -518,8 +558,13 @@ def main(argv: list[str] | None = None) -> int:
             worker.start()
         deadline = started + args.minutes * 60
         next_sample = started + args.sample_seconds
+        trace_at = started + min(args.tracemalloc_at, args.minutes / 2) * 60 if args.tracemalloc else None
         while not stopping.is_set():
             now = time.monotonic()
+            if trace_at is not None and now >= trace_at:
+                trace_at = None
+                print(f"  t={now - started:>7.0f}s tracemalloc snapshot 1", flush=True)
+                snapshots.append(take_snapshot(pid, trace_prefix, 1))
             if now >= next_sample or now >= deadline:
                 ingest.drain()
                 latencies, ingest.latencies = ingest.latencies, []
@@ -561,6 +606,9 @@ def main(argv: list[str] | None = None) -> int:
                 next_sample += args.sample_seconds
             time.sleep(0.25)
     finally:
+        if len(snapshots) == 1:
+            # Taken under load, before the workers stop, like the first one.
+            snapshots.append(take_snapshot(pid, trace_prefix, 2))
         for worker in [*workers, ingest, crowd]:
             worker.stop_event.set()
         for worker in [*workers, ingest, crowd]:
@@ -570,6 +618,10 @@ def main(argv: list[str] | None = None) -> int:
         print("soak: stopped before the first sample")
         return 1
     summary = summarise(samples, args, retention_hours)
+    if args.tracemalloc:
+        summary["tracemalloc"] = tracemalloc_summary(snapshots, args)
+        report = {"config": vars(args) | {"raw_retention_hours": retention_hours}, "samples": samples}
+        out.write_text(json.dumps(report | {"summary": summary}, indent=2) + "\n")
     print("soak summary: " + json.dumps(summary))
     if server.log().count("Traceback"):
         print(f"server log has {server.log().count('Traceback')} tracebacks: {server.log_path}")

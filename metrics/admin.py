@@ -9,16 +9,19 @@ from django.template.response import TemplateResponse
 from django.utils import timezone
 from django.utils.cache import add_never_cache_headers
 
+from .admin_paging import LargeTableAdmin, ServiceFilter, time_range_filter
 from .models import Alert, AlertRule, ApiKey, Point, Rollup, Series, Service
 
 
 @admin.register(Point)
-class PointAdmin(admin.ModelAdmin):
+class PointAdmin(LargeTableAdmin):
+    # Millions of rows: every list query is served by an index (docs/performance.md,
+    # "Admin lists"). No date_hierarchy (DISTINCT by day over the whole table), no
+    # free-text search (an unindexed LIKE scan): the time and service filters do both.
     list_display = ("timestamp", "service", "metric_type", "value")
-    list_filter = ("service", "metric_type")
-    search_fields = ("service",)
-    date_hierarchy = "timestamp"
-    show_full_result_count = False
+    list_filter = (time_range_filter("timestamp"), ServiceFilter, "metric_type")
+    ordering = ("-timestamp",)
+    sortable_by = ("timestamp",)
 
 
 @admin.register(Service)
@@ -111,11 +114,17 @@ class AlertAdmin(admin.ModelAdmin):
 
 
 @admin.register(Rollup)
-class RollupAdmin(admin.ModelAdmin):
+class RollupAdmin(LargeTableAdmin):
+    # As PointAdmin: index-served lists, bounded counts, a time filter for drill-down.
     list_display = ("minute", "service", "metric_type", "count", "min", "max")
-    list_filter = ("service", "metric_type")
-    date_hierarchy = "minute"
+    list_filter = (time_range_filter("minute"), ServiceFilter, "metric_type")
+    ordering = ("-minute",)
+    sortable_by = ("minute",)
     exclude = ("sketch",)
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[Rollup]:
+        # The sketch blob is never shown; reading it would multiply the rows' bytes.
+        return super().get_queryset(request).defer("sketch")
 
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False

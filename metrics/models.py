@@ -47,6 +47,10 @@ class Point(models.Model):
             models.Index(fields=["service", "metric_type", "timestamp"], name="point_series_ts_idx"),
             # Serves the retention delete and the "latest N points" snapshot.
             models.Index(fields=["timestamp"], name="point_ts_idx"),
+            # Serves the admin's point list filtered by service, newest first:
+            # WHERE service = %s [AND timestamp range] ORDER BY timestamp DESC, id DESC
+            # LIMIT 100 (point_series_ts_idx needs metric_type too, else a sort of every row).
+            models.Index(fields=["service", "timestamp"], name="point_service_ts_idx"),
         ]
 
     def __str__(self) -> str:
@@ -137,6 +141,9 @@ class Rollup(MinuteSummary):
         indexes = [
             # Serves the retention delete of old rollups.
             models.Index(fields=["minute"], name="rollup_minute_idx"),
+            # Serves the admin's rollup list filtered by service, newest first:
+            # WHERE service = %s ORDER BY minute DESC, id DESC LIMIT 100 OFFSET n.
+            models.Index(fields=["service", "minute"], name="rollup_service_minute_idx"),
         ]
 
     def __str__(self) -> str:

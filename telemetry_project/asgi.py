@@ -11,6 +11,9 @@
 import os
 import sys
 
+if os.environ.get("TELEMETRY_TRACEMALLOC"):  # only under bench/soak.py --tracemalloc
+    __import__("bench.memtrace").memtrace.install()
+
 from django.conf import settings
 from django.core.asgi import get_asgi_application
 

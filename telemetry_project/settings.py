@@ -283,6 +283,7 @@ AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
 AXES_RESET_ON_SUCCESS = True
 AXES_LOCKOUT_CALLABLE = "metrics.api.auth.lockout_response"
 AXES_DISABLE_ACCESS_LOG = True  # failures are what throttling needs; no table row per successful login
+AXES_VERBOSE = False  # no start-up banner on every manage.py command and server start
 
 LANGUAGE_CODE = "en-us"
 TIME_ZONE = "UTC"

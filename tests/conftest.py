@@ -5,9 +5,13 @@
 - Tests use literal timestamps (time-machine) instead of sleeping.
 - `client` is Django's test client routed like telemetry_project/asgi.py: the
   ingest paths reach the ingest ASGI app, as they do in production.
+- A skipped test is listed loudly at the end of the run (`pytest_terminal_summary`),
+  so a green line with skips in it is never mistaken for full coverage.
 """
 
 from __future__ import annotations
+
+from collections import Counter
 
 import pytest
 
@@ -70,3 +74,20 @@ def _release_test_database(django_db_setup, django_db_blocker):
                 "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
                 "WHERE datname = current_database() AND pid <> pg_backend_pid()"
             )
+
+
+def _skip_reason(report: pytest.TestReport) -> str:
+    if isinstance(report.longrepr, tuple):
+        return str(report.longrepr[2]).removeprefix("Skipped: ")
+    return str(report.longrepr)
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):  # type: ignore[no-untyped-def]
+    """Each skip reason with its count, in red, just above the final summary line."""
+    skipped = terminalreporter.stats.get("skipped", [])
+    if not skipped:
+        return
+    reasons = Counter(_skip_reason(report) for report in skipped)
+    terminalreporter.write_sep("!", f"{len(skipped)} TESTS SKIPPED: this run does not cover them", red=True, bold=True)
+    for reason, count in reasons.most_common():
+        terminalreporter.write_line(f"SKIPPED x{count}: {reason}", red=True, bold=True)

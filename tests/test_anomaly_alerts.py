@@ -77,14 +77,15 @@ def test_a_sustained_spike_opens_an_anomaly_alert_then_it_resolves_with_hysteres
     assert alert.message.startswith("api latency 400 ms unusual: expected ")
     assert alert.to_dict()["kind"] == "anomaly"
 
-    for n in range(3, 8):
+    calm = anomaly.METHOD.resolve_minutes
+    for n in range(3, 3 + calm):
         rollup(n, 100)
-    for n in range(4, 8):
+    for n in range(4, 3 + calm):
         step_to(n)
-        assert Alert.objects.get().state == "firing"  # fewer than 5 calm minutes
-    step_to(8)
+        assert Alert.objects.get().state == "firing"  # fewer than resolve_minutes calm minutes
+    step_to(3 + calm)
     alert.refresh_from_db()
-    assert alert.state == "resolved" and alert.resolved_at == minute(8)
+    assert alert.state == "resolved" and alert.resolved_at == minute(3 + calm)
 
 
 def test_evaluating_the_same_minutes_again_changes_nothing(normal_hour):
@@ -130,6 +131,42 @@ def test_a_threshold_alert_and_an_anomaly_alert_fire_together_for_one_series(nor
     assert firing["threshold"].breach_count == 2 and firing["anomaly"].breach_count == 3
 
 
+def test_each_run_reads_only_the_new_minutes_and_past_days_once_per_hour(normal_hour):
+    for n in range(-60, 50):  # three past days at the same time of day: the seasonal baseline serves
+        for day in (1, 2, 3):
+            rollup(n - day * anomaly.DAY, 100 + (n % 5) - 2)
+    for n in range(0, 40):
+        rollup(n, 100 + (n % 5) - 2)
+    step_to(0)
+    refreshes, rows = anomaly._caches.season.refreshes, anomaly._caches.recent.rows_read
+    assert refreshes == 2  # minute 11:59 reads back to 10:45: the hours 10:00 and 11:00
+    for n in range(1, 40):
+        step_to(n)
+    assert anomaly._caches.season.refreshes == refreshes + 1  # 12:00, once
+    # Each later run re-read the last RECENT_REFRESH minutes of the one series, not its past.
+    assert anomaly._caches.recent.rows_read - rows <= 39 * anomaly.RECENT_REFRESH
+    assert not Alert.objects.exists()
+    rollup(40, 400)
+    rollup(41, 400)
+    rollup(42, 400)
+    step_to(43)
+    alert = Alert.objects.get()
+    assert alert.started_at == minute(40) and "(same time on past days)" in alert.message
+
+
+def test_a_firing_series_that_stops_reporting_resolves(normal_hour):
+    for n in range(3):
+        rollup(n, 400)
+    step_to(3)
+    assert Alert.objects.get().state == "firing"
+    calm = anomaly.METHOD.resolve_minutes
+    step_to(200)  # long silence: the series left the recent window entirely
+    anomaly.reset()
+    for n in range(201, 203 + calm):
+        step_to(n)
+    assert Alert.objects.get().state == "resolved"
+
+
 def test_the_maintenance_runner_evaluates_after_each_roll_up(monkeypatch, telemetry):
     from metrics.maintenance import retention
     from metrics.maintenance.runner import Scheduler
@@ -144,3 +181,25 @@ def test_the_maintenance_runner_evaluates_after_each_roll_up(monkeypatch, teleme
     for t in (1000, 1015, 1030):
         s.tick(float(t))
     assert log == ["prune", "roll_up", "anomaly", "roll_up", "anomaly"]
+
+
+def test_an_anomaly_alert_opening_and_resolving_writes_notifications(normal_hour):
+    from metrics.alerts.models import ContactPoint, Notification
+
+    ContactPoint.objects.create(name="oncall", destination="json://127.0.0.1:9/hook")
+    for n in range(3):
+        rollup(n, 400)
+    for n in range(4):
+        step_to(n)
+    opened = Notification.objects.get()
+    assert opened.status == Notification.OPEN
+    assert [a.kind for a in opened.alerts.all()] == ["anomaly"]
+    Notification.objects.update(state=Notification.SENT)  # delivered; a later change is a new message
+
+    calm = anomaly.METHOD.resolve_minutes
+    for n in range(3, 3 + calm):
+        rollup(n, 100)
+    for n in range(4, 4 + calm):
+        step_to(n)
+    assert Alert.objects.get().state == "resolved"
+    assert set(Notification.objects.values_list("status", flat=True)) == {Notification.OPEN, Notification.RESOLVE}

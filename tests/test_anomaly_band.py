@@ -43,10 +43,10 @@ def test_one_services_chart_carries_the_expected_band(client, three_hours_of_rol
     assert band["k"] == 4 and band["statistic"] == "mean per minute"
     assert len(band["data"]) >= 55  # one point per minute of the hour
     point = band["data"][-1]
-    # Trailing baseline (no past days): median 100, MAD floored at 2 % of it -> 100 +- 4 * 2 / 0.6745.
+    # Trailing baseline (no past days): median 100, MAD floored at 3 % of it -> 100 +- 4 * 3 / 0.6745.
     assert point["median"] == pytest.approx(100.0)
-    assert point["lo"] == pytest.approx(100 - 4 * 2 / 0.6745)
-    assert point["y"] == pytest.approx(100 + 4 * 2 / 0.6745)
+    assert point["lo"] == pytest.approx(100 - 4 * 3 / 0.6745)
+    assert point["y"] == pytest.approx(100 + 4 * 3 / 0.6745)
 
 
 def test_a_pooled_chart_of_several_services_has_no_band(client, three_hours_of_rollups):

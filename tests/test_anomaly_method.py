@@ -10,7 +10,17 @@ from __future__ import annotations
 
 import numpy as np
 
-from metrics.alerts.anomaly import DAY, METHOD, baseline, nanmedian, run_length, score, transitions
+from metrics.alerts.anomaly import (
+    DAY,
+    METHOD,
+    baseline,
+    level_ratio,
+    nanmedian,
+    run_length,
+    score,
+    seasonal,
+    transitions,
+)
 
 M0 = 29_000_000 - 29_000_000 % DAY  # a midnight, as a minute number
 
@@ -54,7 +64,7 @@ def test_a_spike_on_a_flat_series_fires_after_n_minutes_not_before():
     values[120:126] = 400
     opened, resolved = alerts(values, first=60)
     assert opened == [122]  # the third consecutive anomalous minute
-    assert resolved == [130]  # five calm minutes after the spike ends at 125
+    assert resolved == [125 + METHOD.resolve_minutes]  # resolve_minutes calm minutes after the spike ends at 125
 
 
 def test_a_spike_shorter_than_n_minutes_does_not_fire():
@@ -88,10 +98,9 @@ def test_the_seasonal_baseline_serves_once_enough_past_days_have_data():
     column = values.reshape(-1, 1)
     minutes = M0 + np.arange(len(column))
     targets = M0 + np.array([DAY + 600, 2 * DAY + 600, 3 * DAY + 600, 4 * DAY + 600])
-    base = baseline(column, minutes, targets)
     # Day 1 and 2 have one and two past days: trailing; day 3 onwards: seasonal (SEASON_MIN_DAYS = 3).
     assert METHOD.season_min_days == 3
-    assert base.seasonal[:, 0].tolist() == [False, False, True, True]
+    assert seasonal(column, minutes, targets).ok[:, 0].tolist() == [False, False, True, True]
 
 
 def test_a_daily_step_is_expected_with_history_and_unusual_without():
@@ -114,18 +123,20 @@ def test_the_mad_floor_keeps_a_flat_series_quiet_on_small_wiggles():
     column = values.reshape(-1, 1)
     minutes = M0 + np.arange(120)
     base = baseline(column, minutes, minutes[60:])
-    assert base.mad[0, 0] == METHOD.mad_floor_ratio * 100.0
+    assert base.mad[0, 0] == METHOD.mad_floor_ratio * 100.0 == 3.0
     assert alerts(values, first=60) == ([], [])
-    values[90:100] = 120.0  # 20 %: z = 0.6745 * 20 / 2 = 6.7
+    values[90:100] = 120.0  # 20 %: z = 0.6745 * 20 / 3 = 4.5, under k = 5
+    assert alerts(values, first=60) == ([], [])
+    values[90:100] = 130.0  # 30 %: z = 6.7
     assert alerts(values, first=60)[0] == [92]
 
 
 def test_hysteresis_holds_the_alert_while_the_score_stays_between_the_bounds():
     values = noisy(100, 240, sigma=1.0, seed=4)
     values[120:125] = 400
-    # After the spike the series sits at z = 0.6745 * 10 / 2 = 3.4 (the MAD floor, 2 % of 100, is
+    # After the spike the series sits at z = 0.6745 * 12 / 3 = 2.7 (the MAD floor, 3 % of 100, is
     # above this noise's MAD): between the resolve bound k/2 = 2.5 and k = 5, for 15 minutes.
-    values[125:140] = 110.0
+    values[125:140] = 112.0
     opened, resolved = alerts(values, first=60)
     assert opened == [122]
     assert resolved == [140 + METHOD.resolve_minutes - 1]
@@ -137,3 +148,53 @@ def test_a_series_without_enough_history_scores_nothing():
     minutes = M0 + np.arange(10)
     base = baseline(column, minutes, minutes[5:])
     assert np.isnan(base.median).all()
+
+
+def with_quiet_day(days: int, quiet: int, factor: float = 0.85) -> np.ndarray:
+    values = daily(days)
+    values[quiet * DAY : (quiet + 1) * DAY] *= factor
+    return values
+
+
+def test_a_quiet_day_15_percent_lower_all_day_does_not_fire():
+    values = with_quiet_day(9, quiet=7)
+    assert alerts(values, first=7 * DAY) == ([], [])
+
+
+def test_a_quiet_day_20_percent_lower_fires_only_without_the_level_ratio():
+    # What the level-adjusted baseline is for: the first version flapped through such days.
+    from dataclasses import replace
+
+    values = with_quiet_day(9, quiet=7, factor=0.8)
+    column = values.reshape(-1, 1)
+    minutes = M0 + np.arange(len(column))
+    targets = minutes[7 * DAY :]
+    for method, fires in ((replace(METHOD, level_max=0.0), True), (METHOD, False)):
+        z = score(column[7 * DAY :], baseline(column, minutes, targets, method))
+        moves = transitions(z, np.array([False]), np.array([5.0]), np.array([3]), method)
+        assert bool(moves.opened.any()) is fires
+
+
+def test_the_level_ratio_follows_the_last_hour_within_its_clamp():
+    season = np.full((120, 2), 100.0)
+    x = np.column_stack([np.full(120, 95.0), np.full(120, 50.0)])
+    r = level_ratio(x, season)
+    assert r.shape == (120 - METHOD.level_minutes, 2)
+    assert r[0].tolist() == [0.95, 1 / (1 + METHOD.level_max)]  # a halving is not a new normal
+
+
+def test_a_level_shift_on_a_daily_cycle_fires_within_n_minutes_and_is_not_absorbed():
+    values = daily(9)
+    onset = 7 * DAY + 600
+    values[onset : onset + 240] *= 1.3
+    opened, _ = alerts(values, first=7 * DAY)
+    assert opened[0] == onset + 2  # the third minute of the shift
+
+
+def test_a_drop_that_lasts_all_day_keeps_its_alert_open():
+    # Unlike a quiet day, a halving exceeds the level ratio's clamp: no resolving until it recovers at midnight.
+    values = daily(9)
+    values[7 * DAY + 600 : 8 * DAY] *= 0.5
+    opened, resolved = alerts(values, first=7 * DAY)
+    assert opened == [7 * DAY + 602]
+    assert len(resolved) == 1 and 8 * DAY < resolved[0] < 8 * DAY + 60

@@ -29,6 +29,15 @@ EXPECTED = {
     "7_dashboard",
     "8_anomaly_quality",
     "9_anomaly_cost",
+    "10a_admin",
+    "10b_admin",
+    "10c_admin",
+    "10d_admin",
+    "11a_pages",
+    "11b_pages",
+    "11c_pages",
+    "11d_settled",
+    "12_ws_memory",
 }
 
 pytestmark = [pytest.mark.live, pytest.mark.slow]

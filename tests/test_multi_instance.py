@@ -27,16 +27,13 @@ from websockets.typing import Origin
 
 from tests import pgtools
 from tests.live import ROOT, LiveServer, free_port
+from tests.services import require_service
 
 pytestmark = [pytest.mark.live, pytest.mark.postgres]
 
 
 def require_scale_out() -> None:
-    if pgtools.scale_out_available():
-        return
-    if os.environ.get("REQUIRE_SCALE_OUT") == "1":
-        pytest.fail("REQUIRE_SCALE_OUT=1 but " + pgtools.SKIP_REASON)
-    pytest.skip(pgtools.SKIP_REASON)
+    require_service("PostgreSQL and Redis", pgtools.scale_out_available(), pgtools.SKIP_REASON)
 
 
 @pytest.fixture(scope="module")
@@ -204,6 +201,15 @@ def test_concurrent_ingestion_through_both_instances_loses_nothing(cluster):
     )
 
 
+def figure(server: LiveServer, name: str) -> float:
+    """One unlabelled sample of a server's own /metrics/prometheus (process-local counters)."""
+    text = httpx.get(server.url + "/metrics/prometheus", timeout=10).text
+    for line in text.splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[1])
+    raise AssertionError(f"{name} not exposed by {server.url}")
+
+
 def test_nginx_proxies_http_static_files_and_websockets_to_both_instances(cluster, tmp_path):
     from tests.test_deploy_files import nginx_binary, nginx_test_config
 
@@ -231,17 +237,28 @@ def test_nginx_proxies_http_static_files_and_websockets_to_both_instances(cluste
         service = unique("proxied")
 
         async def scenario():
+            clients_before = {s.port: figure(s, "telemetry_websocket_clients") for s in (a, b)}
+            ingested_before = {s.port: figure(s, "telemetry_points_ingested_total") for s in (a, b)}
             ws = await subscribed(f"ws://127.0.0.1:{port}/ws/metrics", base, service)
             try:
-                for _ in range(2):  # least_conn spreads requests over both instances
+                holder = {s.port for s in (a, b) if figure(s, "telemetry_websocket_clients") > clients_before[s.port]}
+                for _ in range(4):
                     response = await asyncio.to_thread(
                         httpx.post, base + "/metrics/ingest", json=point(service, "cpu", 12.0), timeout=10
                     )
                     assert response.status_code == 200, response.text
-                frames = await frames_until(ws, lambda fs: sum(f["type"] == "metric" for f in fs) >= 2)
+                frames = await frames_until(ws, lambda fs: sum(f["type"] == "metric" for f in fs) >= 4)
             finally:
                 await ws.close()
-            assert sum(f["type"] == "metric" for f in frames) == 2, frames
+            assert sum(f["type"] == "metric" for f in frames) == 4, frames
+            # Which process answered: each one's own counters, read from it directly.
+            served = {s.port: figure(s, "telemetry_points_ingested_total") - ingested_before[s.port] for s in (a, b)}
+            assert sum(served.values()) == 4, served
+            assert len(holder) == 1, (clients_before, holder)
+            # least_conn sends the posts away from the instance holding the WebSocket, so the
+            # frames crossed Redis from one instance to the other: nginx reached both.
+            assert {p for p, n in served.items() if n} | holder == {a.port, b.port}, (served, holder)
+            assert any(n for p, n in served.items() if p not in holder), (served, holder)
 
         asyncio.run(scenario())
     finally:

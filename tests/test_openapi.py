@@ -109,11 +109,17 @@ def test_success_answers_match_their_schemas(client, spec):
 
 def test_error_answers_match_the_error_shape(client, spec):
     bad_point = {"service": "api", "metric_type": "nope", "value": 1}
-    check(spec, "/metrics/ingest", "POST", client.post("/metrics/ingest", bad_point, content_type="application/json"))
-    check(spec, "/metrics/ingest", "POST", client.post("/metrics/ingest", "x=1", content_type="text/plain"))
-    check(spec, "/metrics/ingest", "POST", client.get("/metrics/ingest"))
-    check(spec, "/metrics/query", "GET", client.get("/metrics/query", {"aggregation": "2d"}))
-    check(spec, "/metrics/alerts", "GET", client.get("/metrics/alerts", {"limit": "0"}))
+    cases = [
+        ("/metrics/ingest", "POST", client.post("/metrics/ingest", bad_point, content_type="application/json"), 400),
+        ("/metrics/ingest", "POST", client.post("/metrics/ingest", "x=1", content_type="text/plain"), 415),
+        ("/metrics/ingest", "POST", client.get("/metrics/ingest"), 405),
+        ("/metrics/query", "GET", client.get("/metrics/query", {"aggregation": "2d"}), 400),
+        ("/metrics/alerts", "GET", client.get("/metrics/alerts", {"limit": "0"}), 400),
+    ]
+    for path, method, response, status in cases:
+        # A wrong 200 would match the success schema; the status is the contract.
+        assert response.status_code == status, (path, response.status_code, response.content[:300])
+        check(spec, path, method, response)
 
 
 def test_the_otlp_receiver_answers_as_documented(client, spec):

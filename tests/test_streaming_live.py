@@ -22,10 +22,12 @@ from websockets.typing import Origin
 
 from tests.live import LiveServer
 from tests.pgtools import REDIS_URL, reachable
+from tests.services import require_service
 
 pytestmark = [pytest.mark.live, pytest.mark.slow]
 
-STALL_SECONDS = 3
+# Long enough that a reader starved of CPU on a busy machine is not mistaken for a stuck one.
+STALL_SECONDS = 10
 
 
 @pytest.fixture(scope="module", params=["memory", "redis"])
@@ -35,12 +37,13 @@ def server(request, tmp_path_factory) -> Iterator[LiveServer]:
         "REQUIRE_API_KEY": "0",
         "MAX_SERIES_PER_SERVICE": "100000",
         "WS_STALL_TIMEOUT_SECONDS": str(STALL_SECONDS),
-        "WS_QUEUE_POINTS": "1000",  # what a stalled client may hold: 1,000 x ~3 KB points
+        # Room for the whole 100-client stream (5,000 points), so a lag notice there is a bug,
+        # not a slow test process; what a stuck client may hold is bench figure 12's concern.
+        "WS_QUEUE_POINTS": "10000",
         "TELEMETRY_SCHEDULER": "0",
     }
     if request.param == "redis":
-        if not reachable(REDIS_URL, 6379):
-            pytest.skip(f"Redis not reachable at {REDIS_URL}")
+        require_service("Redis", reachable(REDIS_URL, 6379), f"nothing answers at {REDIS_URL}")
         env.update(REDIS_URL=REDIS_URL, CHANNEL_LAYER_PREFIX=f"streamtest{uuid.uuid4().hex[:8]}")
     else:
         env["REDIS_URL"] = ""
@@ -89,14 +92,6 @@ async def post(client: httpx.AsyncClient, server: LiveServer, points) -> dict:
 
 def health(server: LiveServer) -> dict:
     return httpx.get(server.url + "/metrics/health", timeout=10).json()
-
-
-def rss_anon_kib(pid: int) -> int:
-    """Anonymous resident memory: heap and buffers, not the mmapped SQLite file."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("RssAnon:"):
-            return int(line.split()[1])
-    raise AssertionError("no RssAnon in /proc status")
 
 
 async def test_a_posted_point_arrives_as_a_metric_frame(server):
@@ -166,26 +161,30 @@ async def test_subscription_filters_and_batch_mode(server):
     assert values == [1, 2, 3] * 3
 
 
-async def test_a_hundred_clients_each_receive_every_point_of_a_500_per_second_stream(server):
+async def test_a_hundred_clients_each_receive_every_point_of_a_500_per_second_stream_in_one_order(server):
+    """Behaviour, not speed (that is `make bench` figure 4b): every client gets every point, no lag
+    notice (the queue holds the whole stream), all in one order with each request's points in a
+    row, while the stream really is offered at 500 points/s."""
     service = unique("load")
     clients, seconds, requests_per_second, per_request = 100, 10, 50, 10
     total = seconds * requests_per_second * per_request
-    received = [0] * clients
+    received: list[list[float]] = [[] for _ in range(clients)]
     lags = [0] * clients
     sockets = []
-    async with httpx.AsyncClient(timeout=30) as client:
+    # No pool limit: a slow answer must not hold back the next request's start.
+    async with httpx.AsyncClient(timeout=60, limits=httpx.Limits(max_connections=None)) as client:
         for _ in range(clients):
             ws = await connect(server).__aenter__()
             sockets.append(ws)
-            await next_frame(ws, timeout=30)
+            await next_frame(ws, timeout=60)
             await subscribe(ws, services=[service], batch=True)
 
         async def read(i: int, ws) -> None:
             async for raw in ws:
                 frame = orjson.loads(raw)
                 if frame["type"] == "metrics":
-                    received[i] += len(frame["data"])
-                    if received[i] >= total:
+                    received[i].extend(p["value"] for p in frame["data"])
+                    if len(received[i]) >= total:
                         return
                 elif frame["type"] == "lag":
                     lags[i] += frame["dropped"]
@@ -194,38 +193,55 @@ async def test_a_hundred_clients_each_receive_every_point_of_a_500_per_second_st
         try:
             loop = asyncio.get_running_loop()
             start = loop.time()
+            launched: list[float] = []
+            posts = []
             for n in range(seconds * requests_per_second):
+                # Open loop: each request starts on its own schedule, whatever the server's
+                # answer time, so the offered rate is the promised one.
+                pause = start + n / requests_per_second - loop.time()
+                if pause > 0:
+                    await asyncio.sleep(pause)
                 batch = [
                     {"service": service, "metric_type": "throughput", "value": float(n * per_request + j)}
                     for j in range(per_request)
                 ]
-                await post(client, server, batch)
-                pause = start + (n + 1) / requests_per_second - loop.time()
-                if pause > 0:
-                    await asyncio.sleep(pause)
-            await asyncio.wait_for(asyncio.gather(*readers), 60)
+                launched.append(loop.time())
+                posts.append(asyncio.create_task(post(client, server, batch)))
+            await asyncio.gather(*posts)
+            async with asyncio.timeout(120):
+                await asyncio.gather(*readers)
         finally:
             for task in readers:
                 task.cancel()
             for ws in sockets:
                 await ws.close()
+    offered = total / (launched[-1] - launched[0] + 1 / requests_per_second)
+    # Generous for a loaded machine: only an event loop starved for seconds offers less.
+    assert offered >= 0.75 * requests_per_second * per_request, f"offered {offered:.0f} points/s"
     assert lags == [0] * clients
-    assert received == [total] * clients
+    assert all(len(values) == total for values in received), [len(v) for v in received]
+    # Concurrent requests may be broadcast in any order, but in one order for everybody,
+    # and each request's points in a row and in order.
+    assert all(values == received[0] for values in received)
+    assert sorted(received[0]) == [float(v) for v in range(total)]
+    firsts = received[0][::per_request]
+    assert all(
+        received[0][i : i + per_request] == [f + j for j in range(per_request)]
+        for i, f in zip(range(0, total, per_request), firsts, strict=True)
+    )
 
 
-async def test_a_client_that_never_reads_is_cut_off_without_growing_memory_or_delaying_others(server):
-    """Two phases with the same load (~19 MB of frames each): a reader alone, then a reader and a stuck client.
+async def test_a_client_that_never_reads_is_cut_off_without_delaying_others(server):
+    """A reader and a client that never reads: the reader misses nothing, the stuck client is cut off.
 
-    The server's anonymous RSS also grows with the data it stores (SQLite's
-    page cache is heap), so memory is compared phase against phase: had the
-    stuck client's frames been buffered, phase B would grow by ~19 MB more.
+    The memory bound this once also measured is `make bench` figure 12.
     """
     import socket
 
     service = unique("stall")
     point = {"service": service, "metric_type": "cpu", "value": 1.0, "tags": {f"k{i}": "x" * 250 for i in range(12)}}
-    requests_per_phase = 120
-    async with connect(server) as reader, httpx.AsyncClient(timeout=30) as client:
+    requests = 120
+    async with connect(server) as reader, httpx.AsyncClient(timeout=60) as client:
         await next_frame(reader)
         await subscribe(reader, services=[service], batch=True)
         got, lag = 0, 0
@@ -239,27 +255,18 @@ async def test_a_client_that_never_reads_is_cut_off_without_growing_memory_or_de
                 elif frame["type"] == "lag":
                     lag += frame["dropped"]
 
-        async def phase() -> float:
-            """Post the phase's requests; the server's peak anonymous RSS growth in MiB."""
-            baseline = peak = rss_anon_kib(server.proc.pid)
-            for _ in range(requests_per_phase):
-                await post(client, server, [point] * 50)
-                peak = max(peak, rss_anon_kib(server.proc.pid))
-                await asyncio.sleep(0.02)
-            return (peak - baseline) / 1024
-
         task = asyncio.create_task(read())
-        alone = await phase()
         # A small receive buffer and a one-message queue: this client stops
         # reading at the TCP level almost at once. It takes every point.
         raw = socket.create_connection(("127.0.0.1", server.port))
         raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
         stuck = await websockets.connect(server.ws_url, origin=Origin(server.url), sock=raw, max_queue=1, max_size=None)
         assert health(server)["streaming"]["connections"] == 2
-        with_stuck = await phase()
-        total = 2 * requests_per_phase * 50
+        for _ in range(requests):
+            await post(client, server, [point] * 50)
+        total = requests * 50
         try:
-            async with asyncio.timeout(20):
+            async with asyncio.timeout(120):
                 while got < total:
                     await asyncio.sleep(0.1)
         except TimeoutError:
@@ -267,13 +274,12 @@ async def test_a_client_that_never_reads_is_cut_off_without_growing_memory_or_de
         finally:
             task.cancel()
         # The server drops the stuck client (which, not reading, cannot tell): only the reader is left.
-        async with asyncio.timeout(20):
+        async with asyncio.timeout(120):
             while health(server)["streaming"]["connections"] != 1:
                 await asyncio.sleep(0.2)
         stuck.transport.abort()
         raw.close()
     assert got == total and lag == 0  # the reading client missed nothing
-    assert with_stuck < alone + 12, f"RSS growth {with_stuck:.1f} MiB with the stuck client, {alone:.1f} MiB without"
 
 
 async def test_an_oversized_frame_is_refused_with_close_code_1009(server):

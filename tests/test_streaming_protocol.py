@@ -288,20 +288,24 @@ def test_other_servers_have_no_daphne_protocol():
 
 async def test_transport_watch_reports_pause_and_resume_and_calls_stall_after_timeout():
     transport = FakeTransport()
-    stalled = []
-    watch = live_transport.TransportWatch.attach(
-        functools.partial(_reply, FakeProtocol(transport)), lambda: stalled.append(1), 0.05
-    )
+    stalled: list[str] = []
+    fired = asyncio.Event()
+
+    def on_stall() -> None:
+        stalled.append("stall")
+        fired.set()
+
+    watch = live_transport.TransportWatch.attach(functools.partial(_reply, FakeProtocol(transport)), on_stall, 0.05)
     assert watch is not None and transport.producer is watch
     watch.pauseProducing()
     assert watch.paused and not watch.resumed.is_set()
     watch.resumeProducing()
     assert not watch.paused and watch.resumed.is_set()
-    await asyncio.sleep(0.1)
-    assert stalled == []  # resumed in time
     watch.pauseProducing()
-    await asyncio.sleep(0.15)
-    assert stalled == [1]
+    # Wait for the condition, not a duration. The first pause's timer is due
+    # before this one: had resuming not cancelled it, it would have fired too.
+    await asyncio.wait_for(fired.wait(), 30)
+    assert stalled == ["stall"]
     watch.detach()
     assert transport.producer is None
 

@@ -92,10 +92,18 @@ async def submit(credentials: Credentials, body: bytes, protocol: Protocol) -> R
     except ApiError:
         if credentials:
             # A wrong key is the first thing its client must hear, bad body or not.
-            await sync_to_async(authenticate_key, thread_sensitive=False)(credentials)
+            await _key_check(credentials)
         raise
     result = await write(store_prepared, credentials, prepared.rows, prepared, weight=len(body))
     return finish(prepared, result)
+
+
+async def _key_check(credentials: Credentials) -> None:
+    if not settings.TELEMETRY.get("DB_THREAD_POOL", True):
+        # Tests: on the test thread, inside the test's transaction, as write() runs there too.
+        await sync_to_async(authenticate_key)(credentials)
+        return
+    await sync_to_async(authenticate_key, thread_sensitive=False)(credentials)
 
 
 def submit_now(credentials: Credentials, body: bytes, protocol: Protocol) -> Receipt:

@@ -174,7 +174,9 @@ async def _read_body(receive: Receive) -> bytes | None:
             return None
         chunk = message.get("body", b"")
         size += len(chunk)
-        require_size(size)
+        if size > _limit():
+            # Reading stops here, so the size so far depends only on how the server cut the body into messages.
+            raise ApiError(413, f"Body exceeds the limit of {_limit()} bytes")
         chunks.append(chunk)
         if not message.get("more_body", False):
             return b"".join(chunks)

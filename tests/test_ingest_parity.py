@@ -108,7 +108,7 @@ def make_keys() -> None:
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory) -> Iterator[LiveServer]:
-    live = LiveServer(tmp_path_factory.mktemp("parity"), **SERVER_ENV).start()
+    live = LiveServer(tmp_path_factory.mktemp("parity"), env=SERVER_ENV).start()
     try:
         subprocess.run(
             [sys.executable, "manage.py", "shell", "-c", "from tests.test_ingest_parity import make_keys; make_keys()"],
@@ -241,15 +241,19 @@ def point(service: str, metric_type: str = "cpu", value: float = 10, **tags: str
     return {"service": service, "metric_type": metric_type, "value": value, "tags": tags}
 
 
-def json_post(body: Any, key: str | None = KEY, raw: bytes | None = None, path: str = JSON_PATH, **headers: str) -> Req:
-    all_headers = {"Content-Type": "application/json", **headers}
+def json_post(
+    body: Any, key: str | None = KEY, raw: bytes | None = None, path: str = JSON_PATH, headers: dict | None = None
+) -> Req:
+    all_headers = {"Content-Type": "application/json", **(headers or {})}
     if key is not None:
         all_headers["Authorization"] = f"Bearer {key}"
     return Req(path=path, headers=all_headers, body=orjson.dumps(body) if raw is None else raw)
 
 
-def otlp_post(body: bytes, content_type: str = "application/x-protobuf", key: str | None = KEY, **headers: str) -> Req:
-    all_headers = {"Content-Type": content_type, **headers}
+def otlp_post(
+    body: bytes, content_type: str = "application/x-protobuf", key: str | None = KEY, headers: dict | None = None
+) -> Req:
+    all_headers = {"Content-Type": content_type, **(headers or {})}
     if key is not None:
         all_headers["X-API-Key"] = key
     return Req(path=OTLP_PATH, headers=all_headers, body=body)
@@ -448,7 +452,7 @@ CASES = [
     Case("invalid-json-names-the-body", json_post(None, raw=b'{"service": '), refused(400, "body")),
     Case(
         "a-non-json-body-is-415",
-        json_post(None, raw=b"x=1", **{"Content-Type": "text/plain"}),
+        json_post(None, raw=b"x=1", headers={"Content-Type": "text/plain"}),
         refused(415, "Content-Type"),
     ),
     Case(
@@ -467,7 +471,11 @@ CASES = [
     ),
     Case(
         "a-cross-site-form-post-is-415",
-        json_post(None, raw=b"service=p-form", Origin=FOREIGN, **{"Content-Type": "application/x-www-form-urlencoded"}),
+        json_post(
+            None,
+            raw=b"service=p-form",
+            headers={"Origin": FOREIGN, "Content-Type": "application/x-www-form-urlencoded"},
+        ),
         refused(415, "Content-Type"),
     ),
     Case("head-is-405-with-allow", Req("HEAD", headers={"Authorization": f"Bearer {KEY}"}), head_not_allowed),
@@ -540,39 +548,39 @@ CASES = [
     Case("a-preflight-from-a-foreign-origin-is-not", preflight(FOREIGN), preflight_not_granted),
     Case(
         "a-browser-post-from-an-allowed-origin-is-granted",
-        json_post(point("p-browser"), Origin=ORIGIN),
+        json_post(point("p-browser"), headers={"Origin": ORIGIN}),
         browser_granted(200),
         "p-browser",
         1,
     ),
     Case(
         "a-browser-refusal-is-granted-so-the-page-can-read-it",
-        json_post(None, raw=b"[", Origin=ORIGIN),
+        json_post(None, raw=b"[", headers={"Origin": ORIGIN}),
         browser_granted(400),
     ),
     Case(
         "a-browser-401-is-granted-so-the-page-can-read-it",
-        json_post(point("p-browser-nokey"), key=None, Origin=ORIGIN),
+        json_post(point("p-browser-nokey"), key=None, headers={"Origin": ORIGIN}),
         browser_granted(401),
         "p-browser-nokey",
     ),
     Case(
         "a-browser-post-from-a-foreign-origin-is-stored-without-a-grant",
-        json_post(point("p-foreign"), Origin=FOREIGN),
+        json_post(point("p-foreign"), headers={"Origin": FOREIGN}),
         browser_from_elsewhere,
         "p-foreign",
         1,
     ),
     Case(
         "https-behind-the-proxy-gets-hsts",
-        json_post(point("p-https"), **{"X-Forwarded-Proto": "https"}),
+        json_post(point("p-https"), headers={"X-Forwarded-Proto": "https"}),
         hsts,
         "p-https",
         1,
     ),
     Case(
         "a-refusal-over-https-gets-hsts-too",
-        json_post(point("p-https-bad"), key="nope", **{"X-Forwarded-Proto": "https"}),
+        json_post(point("p-https-bad"), key="nope", headers={"X-Forwarded-Proto": "https"}),
         hsts_on_a_refusal,
         "p-https-bad",
     ),
@@ -586,14 +594,14 @@ CASES = [
     ),
     Case(
         "otlp-gzip-is-stored",
-        otlp_post(gzip.compress(cpu_otlp("p-otlp-gzip", 0.25)), **{"Content-Encoding": "gzip"}),
+        otlp_post(gzip.compress(cpu_otlp("p-otlp-gzip", 0.25)), headers={"Content-Encoding": "gzip"}),
         otlp_accepted,
         "p-otlp-gzip",
         1,
     ),
     Case(
         "otlp-bad-gzip-is-400",
-        otlp_post(b"not gzip", **{"Content-Encoding": "gzip"}),
+        otlp_post(b"not gzip", headers={"Content-Encoding": "gzip"}),
         otlp_status(400, 3, "application/x-protobuf"),
     ),
     Case("otlp-a-wrong-content-type-is-415", otlp_post(b"x", "text/plain"), otlp_status(415, 3, "application/json")),
@@ -615,7 +623,7 @@ CASES = [
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
-def test_both_transports_give_the_same_answer(case: Case, client, server):
+def test_both_transports_give_the_same_answer(case: Case, client: RoutedClient, server: LiveServer) -> None:
     here = in_process(client, case.req)
     there = over_the_wire(server, case.req)
     case.check(here)
@@ -633,8 +641,11 @@ HALF = orjson.dumps(point("p-gone"))
 WHOLE = HALF + b" " * len(HALF)
 
 
-def test_a_client_gone_mid_body_is_not_answered_and_nothing_is_stored_in_process():
-    messages = [{"type": "http.request", "body": HALF, "more_body": True}, {"type": "http.disconnect"}]
+def test_a_client_gone_mid_body_is_not_answered_and_nothing_is_stored_in_process() -> None:
+    messages: list[dict[str, Any]] = [
+        {"type": "http.request", "body": HALF, "more_body": True},
+        {"type": "http.disconnect"},
+    ]
     sent: list[dict[str, Any]] = []
 
     async def receive() -> dict[str, Any]:
@@ -653,7 +664,7 @@ def test_a_client_gone_mid_body_is_not_answered_and_nothing_is_stored_in_process
     assert rows_in_process("p-gone") == []
 
 
-def test_a_client_gone_mid_body_stores_nothing_and_the_server_keeps_serving(server):
+def test_a_client_gone_mid_body_stores_nothing_and_the_server_keeps_serving(server: LiveServer) -> None:
     head = (
         f"POST {JSON_PATH} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
         f"Authorization: Bearer {KEY}\r\nContent-Length: {len(WHOLE)}\r\n\r\n"
@@ -674,8 +685,10 @@ def test_a_client_gone_mid_body_stores_nothing_and_the_server_keeps_serving(serv
 
 
 @pytest.mark.parametrize("path", ["/metrics/ingest/", "/v1/metrics/", "/metrics/ingest/points", "/metrics/Ingest"])
-def test_the_paths_next_to_the_ingest_paths_reach_django_which_stores_nothing(path, client, server):
-    req = json_post(point("p-near-miss"), path=path, Origin=ORIGIN)
+def test_the_paths_next_to_the_ingest_paths_reach_django_which_stores_nothing(
+    path: str, client: RoutedClient, server: LiveServer
+) -> None:
+    req = json_post(point("p-near-miss"), path=path, headers={"Origin": ORIGIN})
     here, there = in_process(client, req), over_the_wire(server, req)
     assert here.status == there.status == 404
     assert here.headers["content-type"] == there.headers["content-type"] == "text/html; charset=utf-8"

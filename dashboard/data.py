@@ -81,6 +81,18 @@ def spec_for(selection: sel.Selection, metric_type: str) -> query.QuerySpec:
     )
 
 
+def live_sample(values: np.ndarray, limit: int) -> np.ndarray:
+    """At most `limit` of `values`, evenly spaced through their sorted order.
+
+    The same values give the same sample whatever order the database returns
+    them in, so a chart that redraws does not move; and the sample's
+    percentiles (what the page computes from it) stay those of all the values.
+    """
+    if len(values) <= limit:
+        return values
+    return np.sort(values)[np.linspace(0, len(values) - 1, limit).astype(np.int64)]
+
+
 def pooled_percentiles(spec: query.QuerySpec, now: datetime) -> dict[str, Any]:
     """Complete buckets from the query engine; the bucket in progress as raw values, so the page keeps it exact live."""
     pooled = query.pooled_percentiles(spec, now)
@@ -96,8 +108,7 @@ def pooled_percentiles(spec: query.QuerySpec, now: datetime) -> dict[str, Any]:
             }
         )
     _, _, _, tail = rollups.fetch_raw(pooled.current, spec.end + timedelta(seconds=1), spec.services, spec.metric_types)
-    if len(tail) > MAX_LIVE_VALUES:
-        tail = np.random.default_rng().choice(tail, MAX_LIVE_VALUES, replace=False)
+    tail = live_sample(tail, MAX_LIVE_VALUES)
     return {
         "source": pooled.source,
         "bucket_seconds": pooled.bucket_seconds,

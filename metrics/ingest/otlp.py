@@ -299,6 +299,14 @@ def histogram_sketch(bounds: np.ndarray, counts: np.ndarray, low: float, high: f
     return np.concatenate(indices).astype(np.int32), np.concatenate(weights).astype(np.int64)
 
 
+def apportion(counts: np.ndarray, n: int) -> np.ndarray:
+    """`n` observations in proportion to `counts`, in whole numbers that add up to `n` (largest remainders first)."""
+    share = counts * (n / counts.sum())
+    whole = np.floor(share).astype(np.int64)
+    whole[np.argsort(whole - share, kind="stable")[: n - int(whole.sum())]] += 1
+    return whole
+
+
 @dataclass
 class HistogramPart:
     """One histogram data point's buckets, minus the one observation its mean point stands for."""
@@ -497,9 +505,12 @@ def _map_histogram(out: Mapped, point: dict[str, Any], name: str, dp: Any, tempo
         previous = cumulative.get(key)
         if previous is not None and previous[0] == dp.start_time_unix_nano and count >= previous[2]:
             same_layout = len(previous[4]) == len(counts) and np.array_equal(previous[5], bounds)
+            count -= previous[2]
             if same_layout:
                 counts = counts - previous[4]
-            count -= previous[2]
+            elif len(counts) and count:
+                # Buckets cannot be differenced across layouts: spread the new observations like the whole histogram.
+                counts = apportion(counts, count)
             if total is not None and previous[3] is not None:
                 total -= previous[3]
     if count > MAX_HISTOGRAM_COUNT:

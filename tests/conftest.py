@@ -7,6 +7,11 @@
   ingest paths reach the ingest ASGI app, as they do in production.
 - A skipped test is listed loudly at the end of the run (`pytest_terminal_summary`),
   so a green line with skips in it is never mistaken for full coverage.
+- tests/support/ holds what the modules share, documented in each file:
+  clock.py `frozen` (the clock stopped at the module's NOW), `iso`, `at`;
+  users.py `staff`, `viewer`, `staff_client`; ws.py the /ws/metrics client
+  helpers (`connect`, `next_frame`, `frames_until`, `subscribe`); servers.py
+  `own_server`, a live daphne on a database of its own.
 """
 
 from __future__ import annotations
@@ -21,6 +26,8 @@ from metrics.api import prometheus as prom
 from metrics.api import views
 from metrics.ingest import store
 from tests.asgi_client import RoutedClient
+
+pytest_plugins = ["tests.support.clock", "tests.support.users"]
 
 
 @pytest.fixture(autouse=True)

@@ -5,7 +5,6 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 import pytest
-import time_machine
 
 from metrics.models import AlertRule, Rollup
 
@@ -15,23 +14,21 @@ NOW = datetime(2026, 11, 28, 12, 0, 0, tzinfo=UTC)
 
 
 @pytest.fixture
-def three_hours_of_rollups():
+def three_hours_of_rollups(frozen):
     """api latency at 100 +- 2 ms every minute of the last three hours."""
-    with time_machine.travel(NOW, tick=False):
-        Rollup.objects.bulk_create(
-            Rollup(
-                service="api",
-                metric_type="latency",
-                minute=NOW - timedelta(minutes=n),
-                count=10,
-                sum=(98.0 if n % 2 else 102.0) * 10,
-                min=98.0,
-                max=102.0,
-                sketch=b"",
-            )
-            for n in range(1, 181)
+    Rollup.objects.bulk_create(
+        Rollup(
+            service="api",
+            metric_type="latency",
+            minute=NOW - timedelta(minutes=n),
+            count=10,
+            sum=(98.0 if n % 2 else 102.0) * 10,
+            min=98.0,
+            max=102.0,
+            sketch=b"",
         )
-        yield
+        for n in range(1, 181)
+    )
 
 
 def test_one_services_chart_carries_the_expected_band(client, three_hours_of_rollups):

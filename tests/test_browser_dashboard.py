@@ -13,13 +13,14 @@ import subprocess
 import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from urllib.parse import urlparse, urlunparse
 
 import httpx
 import pytest
 
 from tests.live import ROOT, LiveServer
 from tests.services import require_service
+from tests.support.clock import iso
+from tests.support.servers import own_server
 
 pytestmark = [pytest.mark.live, pytest.mark.browser, pytest.mark.slow]
 
@@ -66,10 +67,6 @@ if not (ROOT / "static" / "vendor" / "chart.umd.js").exists():
     )
 
 
-def iso(dt: datetime) -> str:
-    return dt.astimezone(UTC).isoformat().replace("+00:00", "Z")
-
-
 def point(service: str, metric_type: str, value: float, when: datetime | None = None) -> dict:
     return {"service": service, "metric_type": metric_type, "value": value, "timestamp": iso(when or datetime.now(UTC))}
 
@@ -80,34 +77,16 @@ def post(server: LiveServer, points: list[dict]) -> dict:
     return response.json()
 
 
-def _postgres_database(name: str) -> str | None:
-    """In the PostgreSQL run, a dedicated database for this module's server (the pytest one is test_test)."""
-    url = os.environ.get("DATABASE_URL", "")
-    if not url.startswith("postgres"):
-        return None
-    import psycopg
-
-    with psycopg.connect(url, autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        conn.execute(f'CREATE DATABASE "{name}"')
-    return urlunparse(urlparse(url)._replace(path="/" + name))
-
-
-def _drop_postgres_database(name: str) -> None:
-    import psycopg
-
-    with psycopg.connect(os.environ["DATABASE_URL"], autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-
-
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     overrides = {"TELEMETRY_SCHEDULER": "0", "REQUIRE_API_KEY": "0", "DASHBOARD_REQUIRE_LOGIN": "0"}
-    db_url = _postgres_database("telemetry_browser")
-    if db_url:
-        overrides["DATABASE_URL"] = db_url
-    live = LiveServer(tmp_path_factory.mktemp("browser"), **overrides)
-    live.start()
+    with own_server(tmp_path_factory.mktemp("browser"), "telemetry_browser", **overrides) as live:
+        seed(live)
+        yield live
+
+
+def seed(live: LiveServer) -> None:
+    """The STAFF and VIEWER users, and ten minutes of history for three services with one firing alert."""
     subprocess.run(
         [
             sys.executable,
@@ -145,12 +124,6 @@ def server(tmp_path_factory):
     ]
     post(live, history)
     post(live, [point("database", "cpu", 97.0, now - timedelta(seconds=5))])
-    try:
-        yield live
-    finally:
-        live.stop()
-        if db_url:
-            _drop_postgres_database("telemetry_browser")
 
 
 @pytest.fixture(scope="module")

@@ -6,26 +6,16 @@ from datetime import UTC, datetime, timedelta
 
 import numpy as np
 import pytest
-import time_machine
 
 from metrics.ingest.store import store
 from metrics.ingest.validation import validate_points
 from metrics.series import rollups
+from tests.support.clock import at
 
 pytestmark = pytest.mark.django_db
 
 NOW = datetime(2026, 11, 28, 12, 0, 0, tzinfo=UTC)
 MS = 1000
-
-
-def at(minutes_ago: float) -> str:
-    return (NOW - timedelta(minutes=minutes_ago)).isoformat().replace("+00:00", "Z")
-
-
-@pytest.fixture
-def frozen():
-    with time_machine.travel(NOW, tick=False):
-        yield NOW
 
 
 @pytest.fixture

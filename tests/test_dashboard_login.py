@@ -1,9 +1,9 @@
 """The dashboard's own login page (/login/, /logout/): viewers and staff.
 
 Fixtures: `viewer` is an active non-staff user, `staff` a staff user, both
-with the password PASSWORD; `firing` opens one critical alert through the one
-write path at a literal time (time-machine), so the panel has buttons to show
-or hide; `login_required` turns DASHBOARD_REQUIRE_LOGIN on.
+with the password PASSWORD (tests/support/users.py); `firing` opens one
+critical alert through the one write path at NOW (the `frozen` clock), so the
+panel has buttons to show or hide; `login_required` turns DASHBOARD_REQUIRE_LOGIN on.
 """
 
 from __future__ import annotations
@@ -11,27 +11,15 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 import pytest
-import time_machine
-from django.contrib.auth import get_user_model
 
 from metrics.ingest.store import store
 from metrics.ingest.validation import validate_points
 from metrics.models import Alert
+from tests.support.users import PASSWORD
 
 pytestmark = pytest.mark.django_db
 
 NOW = datetime(2026, 11, 28, 12, 0, 0, tzinfo=UTC)
-PASSWORD = "correct horse battery"
-
-
-@pytest.fixture
-def viewer():
-    return get_user_model().objects.create_user("viewer", password=PASSWORD)
-
-
-@pytest.fixture
-def staff():
-    return get_user_model().objects.create_user("oncall", password=PASSWORD, is_staff=True)
 
 
 @pytest.fixture
@@ -40,14 +28,13 @@ def login_required(telemetry):
 
 
 @pytest.fixture
-def firing():
-    with time_machine.travel(NOW, tick=False):
-        store(
-            validate_points(
-                [{"service": "api", "metric_type": "latency", "value": 1500.0, "timestamp": "2026-11-28T11:59:30Z"}]
-            )
+def firing(frozen):
+    store(
+        validate_points(
+            [{"service": "api", "metric_type": "latency", "value": 1500.0, "timestamp": "2026-11-28T11:59:30Z"}]
         )
-        yield Alert.objects.get(service="api")
+    )
+    return Alert.objects.get(service="api")
 
 
 def log_in(client, username: str, password: str = PASSWORD, next_url: str = "/"):

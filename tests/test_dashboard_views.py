@@ -11,13 +11,13 @@ from datetime import UTC, datetime, timedelta
 from html.parser import HTMLParser
 
 import pytest
-import time_machine
 from django.contrib.auth import get_user_model
 from django.test import Client
 
 from metrics.ingest.store import store
 from metrics.ingest.validation import validate_points
 from metrics.models import Alert
+from tests.support.clock import at
 
 pytestmark = pytest.mark.django_db
 
@@ -33,16 +33,6 @@ COMPONENTS = [
 ]
 
 
-def at(minutes_ago: float) -> str:
-    return (NOW - timedelta(minutes=minutes_ago)).isoformat().replace("+00:00", "Z")
-
-
-@pytest.fixture
-def frozen():
-    with time_machine.travel(NOW, tick=False):
-        yield NOW
-
-
 @pytest.fixture
 def ingest(frozen):
     def _ingest(*points: tuple[str, str, float, float]) -> None:
@@ -55,11 +45,6 @@ def ingest(frozen):
         store(rows)
 
     return _ingest
-
-
-@pytest.fixture
-def staff():
-    return get_user_model().objects.create_user("oncall", password="pw", is_staff=True)
 
 
 @pytest.fixture

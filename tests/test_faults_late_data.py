@@ -12,7 +12,6 @@ import random
 from datetime import UTC, datetime, timedelta
 
 import pytest
-import time_machine
 
 from metrics.models import Rollup
 from metrics.series import query, rollups
@@ -74,14 +73,12 @@ def _assert_rollup_matches_raw(service: str) -> None:
 
 
 @pytest.fixture
-def frozen(telemetry):
-    # Force rollup answers for this short range unless `exact` asks for raw.
+def rollup_answers(frozen, telemetry):
+    """The clock at NOW, and rollup answers for this short range unless `exact` asks for raw."""
     telemetry(QUERY_RAW_MAX_SECONDS=0)
-    with time_machine.travel(NOW, tick=False):
-        yield
 
 
-def test_a_late_point_updates_count_min_max_and_sketch_of_a_rolled_up_minute(client, frozen):
+def test_a_late_point_updates_count_min_max_and_sketch_of_a_rolled_up_minute(client, rollup_answers):
     rng = random.Random(8)
     on_time = [rng.lognormvariate(4, 0.5) for _ in range(300)]
     _post(client, _points("api", MINUTE, on_time))
@@ -106,7 +103,7 @@ def test_a_late_point_updates_count_min_max_and_sketch_of_a_rolled_up_minute(cli
     _assert_rollup_matches_raw("api")
 
 
-def test_a_late_point_for_a_rolled_up_minute_without_a_rollup_row_creates_it(client, frozen):
+def test_a_late_point_for_a_rolled_up_minute_without_a_rollup_row_creates_it(client, rollup_answers):
     _post(client, _points("api", MINUTE, [10.0, 20.0]))
     rollups.roll_up(NOW)
     assert not Rollup.objects.filter(service="cache").exists()

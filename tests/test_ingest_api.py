@@ -11,21 +11,14 @@ from datetime import UTC, datetime
 
 import hypothesis
 import pytest
-import time_machine
 from hypothesis import strategies as st
 
 from metrics.models import Alert, Point, Service
 
-pytestmark = pytest.mark.django_db
+pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("frozen")]
 
 NOW = datetime(2026, 11, 28, 12, 0, 0, tzinfo=UTC)
 URL = "/metrics/ingest"
-
-
-@pytest.fixture(autouse=True)
-def frozen():
-    with time_machine.travel(NOW, tick=False) as traveller:
-        yield traveller
 
 
 def point(**overrides):

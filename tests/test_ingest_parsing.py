@@ -10,7 +10,6 @@ import json
 from datetime import UTC, datetime
 
 import pytest
-import time_machine
 
 from metrics.ingest import writer as writer_module
 from metrics.models import Point
@@ -22,7 +21,7 @@ NOW = datetime(2026, 11, 30, 12, 0, 0, tzinfo=UTC)
 
 
 @pytest.fixture
-def handed_to_writer(monkeypatch, telemetry):
+def handed_to_writer(frozen, monkeypatch, telemetry):
     telemetry(DB_THREAD_POOL=True)
     seen: list[tuple] = []
     real_submit = writer_module.writer.submit
@@ -32,8 +31,7 @@ def handed_to_writer(monkeypatch, telemetry):
         return real_submit(func, *args, weight=weight)
 
     monkeypatch.setattr(writer_module.writer, "submit", recording_submit)
-    with time_machine.travel(NOW, tick=False):
-        yield seen
+    return seen
 
 
 def post(client, payload):

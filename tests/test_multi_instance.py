@@ -20,14 +20,12 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 
 import httpx
-import orjson
 import pytest
-import websockets
-from websockets.typing import Origin
 
 from tests import pgtools
 from tests.live import ROOT, LiveServer, free_port
 from tests.services import require_service
+from tests.support.ws import connect, frames_until, next_frame, subscribe
 
 pytestmark = [pytest.mark.live, pytest.mark.postgres]
 
@@ -77,29 +75,12 @@ def ingest(server: LiveServer, body) -> httpx.Response:
     return httpx.post(server.url + "/metrics/ingest", json=body, timeout=30)
 
 
-async def subscribed(ws_url: str, origin: str, service: str):
-    ws = await websockets.connect(ws_url, origin=Origin(origin), open_timeout=20, max_size=None)
-    first = orjson.loads(await asyncio.wait_for(ws.recv(), 20))
-    assert first["type"] == "initial"
-    await ws.send(orjson.dumps({"action": "subscribe", "services": [service]}).decode())
-    while True:
-        frame = orjson.loads(await asyncio.wait_for(ws.recv(), 20))
-        if frame["type"] == "subscribed":
-            return ws
-
-
-async def frames_until(ws, predicate, timeout: float = 20.0) -> list[dict]:
-    seen: list[dict] = []
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            frame = orjson.loads(await asyncio.wait_for(ws.recv(), deadline - time.monotonic()))
-        except TimeoutError:
-            break
-        seen.append(frame)
-        if predicate(seen):
-            return seen
-    return seen
+async def subscribed(server: LiveServer | str, service: str):
+    """A WebSocket client of `server` (or of the proxy at that base URL) subscribed to `service`."""
+    ws = await connect(server)
+    assert (await next_frame(ws))["type"] == "initial"
+    await subscribe(ws, services=[service])
+    return ws
 
 
 def test_a_point_ingested_through_a_reaches_a_websocket_client_of_b(cluster):
@@ -107,7 +88,7 @@ def test_a_point_ingested_through_a_reaches_a_websocket_client_of_b(cluster):
     service = unique("fanout")
 
     async def scenario():
-        ws = await subscribed(b.ws_url, f"http://127.0.0.1:{b.port}", service)
+        ws = await subscribed(b, service)
         try:
             response = await asyncio.to_thread(ingest, a, point(service, value=42.5, host="a"))
             assert response.status_code == 200, response.text
@@ -239,7 +220,7 @@ def test_nginx_proxies_http_static_files_and_websockets_to_both_instances(cluste
         async def scenario():
             clients_before = {s.port: figure(s, "telemetry_websocket_clients") for s in (a, b)}
             ingested_before = {s.port: figure(s, "telemetry_points_ingested_total") for s in (a, b)}
-            ws = await subscribed(f"ws://127.0.0.1:{port}/ws/metrics", base, service)
+            ws = await subscribed(base, service)
             try:
                 holder = {s.port for s in (a, b) if figure(s, "telemetry_websocket_clients") > clients_before[s.port]}
                 for _ in range(4):

@@ -10,7 +10,6 @@ from __future__ import annotations
 import gzip
 
 import pytest
-import time_machine
 from django.db import IntegrityError
 from google.rpc import code_pb2, status_pb2
 from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import ExportMetricsServiceResponse
@@ -29,10 +28,10 @@ PROTOBUF = "application/x-protobuf"
 
 
 @pytest.fixture(autouse=True)
-def _frozen_clock():
+def _fresh_cumulative_state(frozen):
+    """The clock at NOW, and no cumulative OTLP series remembered from another test."""
     otlp.cumulative.clear()
-    with time_machine.travel(NOW, tick=False):
-        yield
+    yield
     otlp.cumulative.clear()
 
 

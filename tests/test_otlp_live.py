@@ -7,43 +7,24 @@ percentiles and an alert through /metrics/query, /metrics/alerts and /ws/metrics
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import os
 import time
-from collections.abc import Iterator
 
 import httpx
-import orjson
 import pytest
-import websockets
 from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter
 from opentelemetry.metrics import CallbackOptions, Observation
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import PeriodicExportingMetricReader
 from opentelemetry.sdk.resources import Resource
-from websockets.typing import Origin
 
-from tests import pgtools
 from tests.live import LiveServer
+from tests.support.servers import own_server
+from tests.support.ws import connect, frames_until, next_frame
 
 pytestmark = [pytest.mark.live, pytest.mark.slow]
 
 SERVICE = "checkout"
 SECONDS_BUCKETS = [0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0]
-
-
-@contextlib.contextmanager
-def live_server(tmp_path) -> Iterator[LiveServer]:
-    """SQLite file of its own; under the PostgreSQL run, a dedicated database of its own."""
-    if os.environ.get("DATABASE_URL"):
-        with (
-            pgtools.dedicated_database("telemetry_otlp") as url,
-            LiveServer(tmp_path, DATABASE_URL=url, migrate_first=False) as server,
-        ):
-            yield server
-    else:
-        with LiveServer(tmp_path) as server:
-            yield server
 
 
 def meter_provider(url: str) -> MeterProvider:
@@ -70,36 +51,41 @@ def record(provider: MeterProvider) -> None:
     meter.create_counter("http.server.requests", unit="{request}").add(600, {"http.route": "/pay"})
 
 
-async def watch(ws_url: str, origin: str, provider: MeterProvider) -> tuple[list[dict], list[dict]]:
-    """Connect, export with the SDK, and collect the broadcast points and alerts for SERVICE."""
+def broadcast(frames: list[dict]) -> tuple[list[dict], list[dict]]:
+    """The points and the alerts the frames carried."""
     points: list[dict] = []
     alerts: list[dict] = []
-    async with websockets.connect(ws_url, origin=Origin(origin), open_timeout=20) as ws:
-        first = orjson.loads(await asyncio.wait_for(ws.recv(), 20))
+    for frame in frames:
+        if frame["type"] == "metric":
+            points.append(frame["data"])
+        elif frame["type"] == "metrics":
+            points.extend(frame["data"])
+        elif frame["type"] == "alert":
+            alerts.append(frame["data"])
+    return points, alerts
+
+
+def has_points_and_an_alert(frames: list[dict]) -> bool:
+    points, alerts = broadcast(frames)
+    return {p["metric_type"] for p in points} >= {"latency", "cpu"} and bool(alerts)
+
+
+async def watch(server: LiveServer, provider: MeterProvider) -> tuple[list[dict], list[dict]]:
+    """Connect, export with the SDK, and collect the broadcast points and alerts for SERVICE."""
+    async with connect(server) as ws:
+        first = await next_frame(ws)
         assert first["type"] == "initial"
         assert await asyncio.to_thread(provider.force_flush, 30_000)
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline and not ({p["metric_type"] for p in points} >= {"latency", "cpu"} and alerts):
-            try:
-                frame = orjson.loads(await asyncio.wait_for(ws.recv(), max(0.1, deadline - time.monotonic())))
-            except TimeoutError:
-                break
-            data = frame.get("data")
-            if frame["type"] == "metric":
-                points.append(data)
-            elif frame["type"] == "metrics":
-                points.extend(data)
-            elif frame["type"] == "alert":
-                alerts.append(data)
+        points, alerts = broadcast(await frames_until(ws, has_points_and_an_alert))
     return [p for p in points if p["service"] == SERVICE], [a for a in alerts if a["service"] == SERVICE]
 
 
 def test_the_opentelemetry_sdk_exports_points_percentiles_and_an_alert(tmp_path):
-    with live_server(tmp_path) as server:
+    with own_server(tmp_path, "telemetry_otlp") as server:
         provider = meter_provider(server.url)
         try:
             record(provider)
-            ws_points, ws_alerts = asyncio.run(watch(server.ws_url, server.url, provider))
+            ws_points, ws_alerts = asyncio.run(watch(server, provider))
         finally:
             provider.shutdown(timeout_millis=10_000)
 

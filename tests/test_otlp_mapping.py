@@ -24,10 +24,10 @@ LATENCY_SUM = 50 * 0.075 + 40 * 0.3 + 10 * 0.75
 
 
 @pytest.fixture(autouse=True)
-def _frozen_clock_and_fresh_state():
+def _fresh_cumulative_state(frozen):
+    """The clock at NOW, and no cumulative OTLP series remembered from another test."""
     otlp.cumulative.clear()
-    with time_machine.travel(NOW, tick=False):
-        yield
+    yield
     otlp.cumulative.clear()
 
 

@@ -7,7 +7,6 @@ import gzip
 
 import orjson
 import pytest
-import time_machine
 from django.utils import timezone
 from google.protobuf import json_format
 from google.rpc import status_pb2
@@ -25,10 +24,9 @@ PROTOBUF = "application/x-protobuf"
 
 
 @pytest.fixture(autouse=True)
-def _frozen_clock():
+def _fresh_cumulative_state(frozen):
+    """The clock at NOW, and no cumulative OTLP series remembered from another test."""
     otlp.cumulative.clear()
-    with time_machine.travel(NOW, tick=False):
-        yield
 
 
 def post(client, body: bytes, content_type: str = PROTOBUF, **headers: str):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-import time_machine
 from django.db import OperationalError
 
 from metrics.ingest import otlp, submit
@@ -19,10 +18,10 @@ PROTOBUF = "application/x-protobuf"
 
 
 @pytest.fixture(autouse=True)
-def _frozen_clock_and_fresh_state():
+def _fresh_cumulative_state(frozen):
+    """The clock at NOW, and no cumulative OTLP series remembered from another test."""
     otlp.cumulative.clear()
-    with time_machine.travel(NOW, tick=False):
-        yield
+    yield
     otlp.cumulative.clear()
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import os
 import shutil
 import subprocess
 import sys
@@ -15,24 +14,10 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests import pgtools
 from tests.live import ROOT, LiveServer, free_port
+from tests.support.servers import own_server
 
 pytestmark = [pytest.mark.live, pytest.mark.slow]
-
-
-@contextlib.contextmanager
-def live_server(tmp_path: Path, **overrides: str) -> Iterator[LiveServer]:
-    """SQLite file of its own; under the PostgreSQL run, a dedicated database of its own."""
-    if os.environ.get("DATABASE_URL"):
-        with (
-            pgtools.dedicated_database("telemetry_prom") as url,
-            LiveServer(tmp_path, migrate_first=False, env={**overrides, "DATABASE_URL": url}) as server,
-        ):
-            yield server
-    else:
-        with LiveServer(tmp_path, env=overrides) as server:
-            yield server
 
 
 def create_key(server: LiveServer, scopes: str) -> str:
@@ -110,7 +95,7 @@ def test_a_real_prometheus_scrapes_the_ingested_values(tmp_path):
         pytest.skip(
             "the prometheus server is not installed: apt-get install prometheus (Debian package), as .ci/run does"
         )
-    with live_server(tmp_path) as server:
+    with own_server(tmp_path, "telemetry_prom") as server:
         now = last_complete_minute()
         points = [
             {"timestamp": now, "service": "scraped", "metric_type": "latency", "value": 123.5},
@@ -136,7 +121,7 @@ def test_a_real_prometheus_scrapes_a_login_required_server_with_a_read_key(tmp_p
         pytest.skip(
             "the prometheus server is not installed: apt-get install prometheus (Debian package), as .ci/run does"
         )
-    with live_server(tmp_path, DASHBOARD_REQUIRE_LOGIN="1") as server:
+    with own_server(tmp_path, "telemetry_prom", DASHBOARD_REQUIRE_LOGIN="1") as server:
         key = create_key(server, "read")
         assert httpx.get(server.url + "/metrics/prometheus", timeout=20).status_code == 401
         point = {"timestamp": last_complete_minute(), "service": "locked", "metric_type": "cpu", "value": 12.0}

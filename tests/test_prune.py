@@ -11,7 +11,6 @@ from io import StringIO
 
 import numpy as np
 import pytest
-import time_machine
 from django.core.management import call_command
 
 from metrics.ingest.store import store
@@ -24,12 +23,6 @@ from metrics.series import rollups
 pytestmark = pytest.mark.django_db
 
 NOW = datetime(2026, 1, 15, 12, 0, 30, tzinfo=UTC)
-
-
-@pytest.fixture
-def clock():
-    with time_machine.travel(NOW, tick=False) as traveller:
-        yield traveller
 
 
 def put(at: datetime, value: float = 100.0, service: str = "api") -> None:
@@ -72,7 +65,7 @@ def old_world() -> None:
     alert("firing", None, NOW - timedelta(days=10), service="c")  # old but still firing: kept
 
 
-def test_prune_rolls_up_then_deletes_what_is_past_retention(clock):
+def test_prune_rolls_up_then_deletes_what_is_past_retention(frozen):
     old_world()
     report = retention.prune()
     assert report.rolled_up > 0
@@ -87,7 +80,7 @@ def test_prune_rolls_up_then_deletes_what_is_past_retention(clock):
         assert Rollup.objects.get(service="api", metric_type="latency", minute=minute).count == 1
 
 
-def test_prune_is_idempotent(clock):
+def test_prune_is_idempotent(frozen):
     old_world()
     retention.prune()
     snapshot = (Point.objects.count(), Rollup.objects.count(), Alert.objects.count())
@@ -96,7 +89,7 @@ def test_prune_is_idempotent(clock):
     assert (Point.objects.count(), Rollup.objects.count(), Alert.objects.count()) == snapshot
 
 
-def test_dry_run_changes_nothing_and_predicts_the_real_run(clock):
+def test_dry_run_changes_nothing_and_predicts_the_real_run(frozen):
     old_world()
     before = (Point.objects.count(), Rollup.objects.count(), Alert.objects.count(), RollupState.objects.count())
     dry = retention.prune(dry_run=True)
@@ -110,7 +103,7 @@ def test_dry_run_changes_nothing_and_predicts_the_real_run(clock):
     )
 
 
-def test_it_never_deletes_raw_minutes_that_have_no_rollup_yet(clock, monkeypatch):
+def test_it_never_deletes_raw_minutes_that_have_no_rollup_yet(frozen, monkeypatch):
     put(NOW - timedelta(hours=30))
     put(NOW - timedelta(hours=26))
     # Rolled up only through 28 h ago (e.g. the roll-up step keeps failing).
@@ -121,7 +114,7 @@ def test_it_never_deletes_raw_minutes_that_have_no_rollup_yet(clock, monkeypatch
     assert list(Point.objects.values_list("timestamp", flat=True)) == [NOW - timedelta(hours=26)]
 
 
-def test_no_minute_is_lost_at_the_retention_edge(clock, telemetry):
+def test_no_minute_is_lost_at_the_retention_edge(frozen, telemetry):
     telemetry(RAW_RETENTION_HOURS=24)
     edge_minute = datetime(2026, 1, 14, 12, 0, tzinfo=UTC)  # the minute the cutoff (12:00:30) falls in
     put(edge_minute + timedelta(seconds=10), 10.0)
@@ -139,13 +132,13 @@ def test_no_minute_is_lost_at_the_retention_edge(clock, telemetry):
     r = Rollup.objects.get(service="api", metric_type="latency", minute=edge_minute)
     assert (r.count, r.sum, r.min, r.max) == (3, 60.0, 10.0, 30.0)
     # A minute later the whole minute is past retention and goes at once, its rollup intact.
-    clock.shift(timedelta(minutes=1))
+    frozen.shift(timedelta(minutes=1))
     report = retention.prune()
     assert report.points_deleted == 3
     assert Rollup.objects.get(minute=edge_minute).count == 3
 
 
-def test_deletes_run_in_batches(clock, monkeypatch):
+def test_deletes_run_in_batches(frozen, monkeypatch):
     monkeypatch.setattr(retention, "BATCH", 3)
     for i in range(10):
         put(NOW - timedelta(hours=30, minutes=i))
@@ -153,7 +146,7 @@ def test_deletes_run_in_batches(clock, monkeypatch):
     assert Point.objects.count() == 0
 
 
-def test_retention_periods_are_configurable(clock, telemetry):
+def test_retention_periods_are_configurable(frozen, telemetry):
     telemetry(RAW_RETENTION_HOURS=1, ROLLUP_RETENTION_DAYS=1, ALERT_RETENTION_DAYS=1)
     put(NOW - timedelta(hours=2))
     alert("resolved", NOW - timedelta(days=2), NOW - timedelta(days=2))
@@ -161,7 +154,7 @@ def test_retention_periods_are_configurable(clock, telemetry):
     assert (report.points_deleted, report.alerts_deleted) == (1, 1)
 
 
-def test_the_prune_command_prints_what_it_did(clock):
+def test_the_prune_command_prints_what_it_did(frozen):
     old_world()
     out = StringIO()
     call_command("prune", "--dry-run", stdout=out)

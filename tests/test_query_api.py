@@ -11,7 +11,6 @@ from datetime import UTC, datetime, timedelta
 import hypothesis
 import numpy as np
 import pytest
-import time_machine
 from hypothesis import strategies as st
 
 from metrics.ingest.store import store
@@ -19,16 +18,10 @@ from metrics.models import RollupState
 from metrics.points import Row
 from metrics.series import rollups
 
-pytestmark = pytest.mark.django_db
+pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("frozen")]
 
 NOW = datetime(2026, 11, 28, 12, 0, 30, tzinfo=UTC)
 URL = "/metrics/query"
-
-
-@pytest.fixture(autouse=True)
-def frozen():
-    with time_machine.travel(NOW, tick=False):
-        yield
 
 
 def put(values, start: datetime, step: float = 1.0, service="api", metric_type="latency", tags=None):

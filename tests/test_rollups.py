@@ -11,7 +11,6 @@ from datetime import UTC, datetime, timedelta
 
 import numpy as np
 import pytest
-import time_machine
 
 from metrics.ingest.store import store
 from metrics.ingest.validation import validate_points
@@ -19,16 +18,10 @@ from metrics.models import Point, Rollup, RollupState
 from metrics.points import Row
 from metrics.series import query, rollups, sketch
 
-pytestmark = pytest.mark.django_db
+pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("frozen")]
 
 NOW = datetime(2026, 1, 15, 12, 0, 30, tzinfo=UTC)
 QS = (0.5, 0.95, 0.99)
-
-
-@pytest.fixture(autouse=True)
-def frozen():
-    with time_machine.travel(NOW, tick=False):
-        yield
 
 
 def ingest(points: list[dict]) -> None:

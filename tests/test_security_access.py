@@ -5,24 +5,19 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 import pytest
-import time_machine
 from django.contrib.auth import get_user_model
 from django.http import HttpResponse
 from django.test import RequestFactory
 
 from metrics.api.access import alert_action_access, can_act_on_alerts, staff_required
 
-pytestmark = pytest.mark.django_db
-
-API_PATHS = ["/metrics/query", "/metrics/services", "/metrics/alerts"]
-
+pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("frozen")]
 
 # The points carry literal timestamps; the clock stands just after them so they
 # stay inside the raw retention whatever day the suite runs.
-@pytest.fixture(autouse=True)
-def frozen():
-    with time_machine.travel(datetime(2026, 11, 28, 0, 5, tzinfo=UTC)):
-        yield
+NOW = datetime(2026, 11, 28, 0, 5, tzinfo=UTC)
+
+API_PATHS = ["/metrics/query", "/metrics/services", "/metrics/alerts"]
 
 
 @pytest.fixture
@@ -33,11 +28,6 @@ def login_required(telemetry):
 @pytest.fixture
 def user():
     return get_user_model().objects.create_user("viewer", password="pw")
-
-
-@pytest.fixture
-def staff():
-    return get_user_model().objects.create_user("oncall", password="pw", is_staff=True)
 
 
 @pytest.mark.parametrize("path", API_PATHS)

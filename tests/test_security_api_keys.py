@@ -10,7 +10,6 @@ from datetime import UTC, datetime
 from http.cookies import Morsel
 
 import pytest
-import time_machine
 from django.contrib.auth import get_user_model
 from django.contrib.messages.storage.cookie import CookieStorage
 from django.utils import timezone
@@ -18,17 +17,13 @@ from django.utils import timezone
 from metrics.models import ApiKey, Point, hash_key
 from tests.live import ROOT
 
-pytestmark = pytest.mark.django_db
-
-POINT = {"timestamp": "2026-11-28T00:00:00Z", "service": "api", "metric_type": "latency", "value": 12.5}
-
+pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("frozen")]
 
 # The points carry literal timestamps; the clock stands just after them so they
 # stay inside the raw retention whatever day the suite runs.
-@pytest.fixture(autouse=True)
-def frozen():
-    with time_machine.travel(datetime(2026, 11, 28, 0, 5, tzinfo=UTC)):
-        yield
+NOW = datetime(2026, 11, 28, 0, 5, tzinfo=UTC)
+
+POINT = {"timestamp": "2026-11-28T00:00:00Z", "service": "api", "metric_type": "latency", "value": 12.5}
 
 
 @pytest.fixture

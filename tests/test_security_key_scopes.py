@@ -7,10 +7,8 @@ Django user, which is how Prometheus scrapers usually authenticate.
 from __future__ import annotations
 
 import base64
-from datetime import UTC, datetime
 
 import pytest
-import time_machine
 from django.contrib.auth import get_user_model
 
 from metrics.api import auth
@@ -27,10 +25,9 @@ READ_PATHS = ["/metrics/query", "/metrics/services", "/metrics/alerts", "/metric
 
 
 @pytest.fixture(autouse=True)
-def frozen():
+def _fresh_basic_auth(frozen):
+    """The clock at NOW, and no basic-auth answer remembered from another test."""
     auth._basic_ok.clear()
-    with time_machine.travel(datetime(2026, 11, 28, 0, 5, tzinfo=UTC)):
-        yield
 
 
 @pytest.fixture

@@ -6,11 +6,14 @@ from datetime import UTC, datetime
 
 import orjson
 import pytest
-import time_machine
 
 from metrics.models import Point, Series, Service
 
-pytestmark = pytest.mark.django_db
+pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("frozen")]
+
+# The points carry literal timestamps; the clock stands just after them so they
+# stay inside the raw retention whatever day the suite runs.
+NOW = datetime(2026, 11, 28, 0, 5, tzinfo=UTC)
 
 TS = "2026-11-28T00:00:00Z"
 
@@ -20,14 +23,6 @@ def point(service="api", metric_type="latency", value=10.0, **tags):
     if tags:
         p["tags"] = tags
     return p
-
-
-# The points carry literal timestamps; the clock stands just after them so they
-# stay inside the raw retention whatever day the suite runs.
-@pytest.fixture(autouse=True)
-def frozen():
-    with time_machine.travel(datetime(2026, 11, 28, 0, 5, tzinfo=UTC)):
-        yield
 
 
 @pytest.fixture

@@ -10,29 +10,23 @@ import base64
 from datetime import UTC, datetime
 
 import pytest
-import time_machine
 from django.contrib.auth import get_user_model
 from django.contrib.auth.forms import AuthenticationForm
 from django.test import RequestFactory
 
 from metrics.api import auth
+from tests.support.users import PASSWORD
 
 pytestmark = pytest.mark.django_db
 
-T0 = datetime(2026, 11, 28, 9, 0, tzinfo=UTC)
-RIGHT, WRONG = "correct-horse", "guess"
+NOW = datetime(2026, 11, 28, 9, 0, tzinfo=UTC)
+RIGHT, WRONG = PASSWORD, "guess"  # `staff` (oncall) has the password PASSWORD
 
 
 @pytest.fixture(autouse=True)
-def frozen():
+def _fresh_basic_auth(frozen):
+    """The clock at NOW, and no basic-auth answer remembered from another test."""
     auth._basic_ok.clear()
-    with time_machine.travel(T0, tick=False) as traveller:
-        yield traveller
-
-
-@pytest.fixture
-def staff():
-    return get_user_model().objects.create_user("oncall", password=RIGHT, is_staff=True)
 
 
 def admin_login(client, password: str, address: str = "10.0.0.1", username: str = "oncall"):

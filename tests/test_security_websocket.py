@@ -58,10 +58,9 @@ def login_required(telemetry):
     return telemetry(DASHBOARD_REQUIRE_LOGIN=True)
 
 
-async def staff_cookie(async_client) -> str:
-    user = await get_user_model().objects.acreate_user("oncall", password="pw", is_staff=True)
-    await async_client.aforce_login(user)
-    return f"sessionid={async_client.cookies['sessionid'].value}"
+def session_cookie(client) -> str:
+    """The Cookie header of a browser logged in as the test client is."""
+    return f"sessionid={client.cookies['sessionid'].value}"
 
 
 # --- Origin ---------------------------------------------------------------------
@@ -95,8 +94,8 @@ async def test_an_origin_that_differs_in_scheme_host_or_port_is_refused(open_ins
 
 
 @pytest.mark.django_db(transaction=True)
-async def test_another_port_of_the_same_host_cannot_ride_a_staff_cookie(login_required, async_client):
-    cookie = await staff_cookie(async_client)
+async def test_another_port_of_the_same_host_cannot_ride_a_staff_cookie(login_required, staff_client):
+    cookie = session_cookie(staff_client)
     own = communicator(origin="http://127.0.0.1:8000", host="127.0.0.1:8000", cookie=cookie)
     assert await handshake(own) is True
     other_port = communicator(origin="http://127.0.0.1:9999", host="127.0.0.1:8000", cookie=cookie)
@@ -187,7 +186,7 @@ async def test_an_anonymous_websocket_is_refused_when_login_is_required(login_re
 async def test_a_logged_in_websocket_is_accepted_when_login_is_required(login_required, async_client):
     user = await get_user_model().objects.acreate_user("viewer", password="pw")
     await async_client.aforce_login(user)
-    cookie = f"sessionid={async_client.cookies['sessionid'].value}"
+    cookie = session_cookie(async_client)
     assert await handshake(communicator(cookie=cookie)) is True
     assert await handshake(communicator(cookie="sessionid=forged")) is False
 

@@ -6,22 +6,15 @@ from datetime import UTC, datetime, timedelta
 
 import numpy as np
 import pytest
-import time_machine
 
 from metrics.ingest.store import store
 from metrics.models import Service
 from metrics.points import Row
 
-pytestmark = pytest.mark.django_db
+pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("frozen")]
 
 NOW = datetime(2026, 11, 28, 12, 0, 0, tzinfo=UTC)
 URL = "/metrics/services"
-
-
-@pytest.fixture(autouse=True)
-def frozen():
-    with time_machine.travel(NOW, tick=False):
-        yield
 
 
 def put(service: str, metric_type: str, values, ago_seconds: float = 60) -> None:

@@ -23,6 +23,8 @@ from websockets.typing import Origin
 from tests.live import LiveServer
 from tests.pgtools import REDIS_URL, reachable
 from tests.services import require_service
+from tests.support.servers import own_server
+from tests.support.ws import connect, frames_until, next_frame, subscribe
 
 pytestmark = [pytest.mark.live, pytest.mark.slow]
 
@@ -48,38 +50,13 @@ def server(request, tmp_path_factory) -> Iterator[LiveServer]:
     else:
         env["REDIS_URL"] = ""
     tmp: Path = tmp_path_factory.mktemp(f"ws-{request.param}")
-    with LiveServer(tmp, env=env) as live:
+    with own_server(tmp, **env) as live:
         live.layer = request.param  # type: ignore[attr-defined]  # which layer this parametrised server runs
         yield live
 
 
 def unique(prefix: str = "svc") -> str:
     return f"{prefix}-{uuid.uuid4().hex[:10]}"
-
-
-def connect(server: LiveServer, **kwargs):
-    return websockets.connect(server.ws_url, origin=Origin(server.url), max_size=None, open_timeout=20, **kwargs)
-
-
-async def next_frame(ws, timeout: float = 15.0) -> dict:
-    return orjson.loads(await asyncio.wait_for(ws.recv(), timeout))
-
-
-async def frames_until(ws, wanted, timeout: float = 15.0) -> list[dict]:
-    """Read frames until `wanted(frames)` is true; fail after `timeout` seconds."""
-    got: list[dict] = []
-    async with asyncio.timeout(timeout):
-        while not wanted(got):
-            got.append(orjson.loads(await ws.recv()))
-    return got
-
-
-async def subscribe(ws, **fields) -> dict:
-    await ws.send(orjson.dumps({"action": "subscribe", **fields}).decode())
-    while True:
-        frame = await next_frame(ws)
-        if frame["type"] == "subscribed":
-            return frame
 
 
 async def post(client: httpx.AsyncClient, server: LiveServer, points) -> dict:

@@ -21,13 +21,14 @@ import time
 import uuid
 
 import httpx
-import orjson
 import pytest
 import websockets
 from websockets.typing import Origin
 
 from tests.faultkit import sqlite_env
 from tests.live import LiveServer
+from tests.support.servers import own_server
+from tests.support.ws import connect, next_frame, next_of_type, subscribe
 
 pytestmark = [pytest.mark.live, pytest.mark.slow]
 
@@ -39,24 +40,8 @@ STALL_SECONDS = 10
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     env = sqlite_env(WS_STALL_TIMEOUT_SECONDS=str(STALL_SECONDS), REQUIRE_API_KEY="0")
-    with LiveServer(tmp_path_factory.mktemp("wsabuse"), **env) as live:
+    with own_server(tmp_path_factory.mktemp("wsabuse"), **env) as live:
         yield live
-
-
-def connect(server: LiveServer, **kwargs):  # type: ignore[no-untyped-def]
-    return websockets.connect(server.ws_url, origin=Origin(server.url), open_timeout=20, **kwargs)
-
-
-async def frame(ws, timeout: float = 15) -> dict:  # type: ignore[no-untyped-def]
-    return orjson.loads(await asyncio.wait_for(ws.recv(), timeout))
-
-
-async def until(ws, kind: str, timeout: float = 15) -> dict:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while True:
-        got = await frame(ws, max(0.1, deadline - time.monotonic()))
-        if got["type"] == kind:
-            return got
 
 
 def silent_reader(server: LiveServer) -> socket.socket:
@@ -95,16 +80,15 @@ def closed_by_server(sock: socket.socket, timeout: float) -> bool:
 async def test_abusive_clients_do_not_hurt_a_normal_client(server):
     service = f"abuse-{uuid.uuid4().hex[:8]}"
     async with httpx.AsyncClient(base_url=server.url, timeout=30) as http, connect(server) as normal:
-        await frame(normal)  # initial
-        await normal.send(orjson.dumps({"action": "subscribe", "services": [service]}).decode())
-        await until(normal, "subscribed")
+        await next_frame(normal)  # initial
+        await subscribe(normal, services=[service])
 
         silent = [silent_reader(server) for _ in range(3)]
         received: list[float] = []
 
         async def read_normal() -> None:
             while True:
-                got = await frame(normal, 30)
+                got = await next_frame(normal, 30)
                 if got["type"] == "metric":
                     received.append(got["data"]["value"])
 
@@ -125,7 +109,7 @@ async def test_abusive_clients_do_not_hurt_a_normal_client(server):
 
         async def flood() -> int | None:
             async with connect(server) as ws:
-                await frame(ws)
+                await next_frame(ws)
                 try:
                     for _ in range(300):  # well over WS_MAX_MESSAGES_PER_SECOND, in well under a second
                         await ws.send('{"action":"ping"}')
@@ -137,7 +121,7 @@ async def test_abusive_clients_do_not_hurt_a_normal_client(server):
 
         async def huge_frame() -> int | None:
             async with connect(server, max_size=None) as ws:
-                await frame(ws)
+                await next_frame(ws)
                 try:
                     await ws.send("x" * (1024 * 1024))
                     await asyncio.wait_for(ws.wait_closed(), 30)
@@ -147,13 +131,13 @@ async def test_abusive_clients_do_not_hurt_a_normal_client(server):
 
         async def invalid_json() -> list[str]:
             async with connect(server) as ws:
-                await frame(ws)
+                await next_frame(ws)
                 await ws.send("{not json")
-                error = await until(ws, "error")
+                error = await next_of_type(ws, "error")
                 await ws.send(b"\xff\xfe binary garbage")
-                await until(ws, "error")
+                await next_of_type(ws, "error")
                 await ws.send('{"action": "ping"}')
-                pong = await until(ws, "pong")
+                pong = await next_of_type(ws, "pong")
                 return [error["type"], pong["type"]]
 
         async def churn() -> int:
@@ -167,7 +151,7 @@ async def test_abusive_clients_do_not_hurt_a_normal_client(server):
                     sock.close()
                 else:
                     async with connect(server) as ws:
-                        await frame(ws)
+                        await next_frame(ws)
                 done += 1
             return done
 
@@ -201,4 +185,4 @@ async def test_abusive_clients_do_not_hurt_a_normal_client(server):
         health = await http.get("/metrics/health")
         assert health.status_code == 200
         await normal.send('{"action": "ping"}')
-        assert (await until(normal, "pong"))["type"] == "pong"
+        assert (await next_of_type(normal, "pong"))["type"] == "pong"

@@ -14,7 +14,6 @@ from datetime import UTC, datetime, timedelta
 
 import numpy as np
 import pytest
-import time_machine
 from django.db import OperationalError, connection
 
 from dashboard import data
@@ -26,12 +25,6 @@ pytestmark = pytest.mark.django_db
 
 NOW = datetime(2026, 11, 28, 12, 0, 0, tzinfo=UTC)
 MS = 1000
-
-
-@pytest.fixture
-def frozen():
-    with time_machine.travel(NOW, tick=False):
-        yield NOW
 
 
 def get(client, path: str) -> dict:

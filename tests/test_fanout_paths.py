@@ -41,6 +41,7 @@ from telemetry_project.asgi import application
 from tests.faultkit import OwnRedis
 from tests.live import LiveServer
 from tests.services import require_service
+from tests.support.ws import next_frame, subscribe
 
 # A point of ~3 KB: a few thousand of them fill any socket buffer between server and client.
 BIG_TAGS = {f"k{i}": "x" * 250 for i in range(12)}
@@ -63,17 +64,6 @@ def live_server(tmp_path: Path, **env: str) -> Iterator[LiveServer]:
 
 def unique(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex[:10]}"
-
-
-async def next_frame(ws, timeout: float = 20.0) -> dict:
-    return orjson.loads(await asyncio.wait_for(ws.recv(), timeout))
-
-
-async def subscribe(ws, **fields) -> None:
-    await ws.send(orjson.dumps({"action": "subscribe", **fields}).decode())
-    async with asyncio.timeout(20):
-        while (await next_frame(ws))["type"] != "subscribed":
-            pass
 
 
 async def open_client(server: LiveServer, service: str, **kwargs):

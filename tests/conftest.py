@@ -41,6 +41,20 @@ def _fresh_process_state():
     rules.invalidate()
 
 
+@pytest.fixture(scope="session")
+def django_db_modify_db_settings(django_db_modify_db_settings_parallel_suffix, tmp_path_factory):
+    """The SQLite run's test database is a file of this run's own, unless TELEMETRY_TEST_SQLITE names one.
+
+    A real file, as a server's is: WAL, a connection per thread, one write lock
+    with a busy timeout (an in-memory database shares one cache and locks tables).
+    """
+    from django.conf import settings
+
+    database = settings.DATABASES["default"]
+    if database["ENGINE"] == "django.db.backends.sqlite3" and not database["TEST"]["NAME"]:
+        database["TEST"]["NAME"] = str(tmp_path_factory.mktemp("database") / "test.sqlite3")
+
+
 # Fixtures through which a test gets the database (pytest-django's own).
 _DATABASE_FIXTURES = {"db", "transactional_db", "django_db_reset_sequences", "django_db_serialized_rollback"}
 

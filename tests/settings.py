@@ -7,14 +7,10 @@ PostgreSQL + Redis run.
 Ingest runs as in production: the group-commit writer on its own thread, reads
 on pooled threads (DB_THREAD_POOL, on). While a test runs inside its own
 transaction, tests/conftest.py lends those threads the test's connection. The
-SQLite run is on a real file, as a server's is (WAL, a connection per thread,
-one write lock with a busy timeout), not on an in-memory database.
+SQLite run's test database is a real file (tests/conftest.py), as a server's is.
 """
 
-import atexit
 import os
-import shutil
-import tempfile
 
 os.environ.setdefault("DEBUG", "1")
 os.environ.setdefault("TELEMETRY_SCHEDULER", "0")
@@ -27,13 +23,6 @@ PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 # writer before answering 503, unless the test sets a timeout of its own.
 if "DB_ANSWER_TIMEOUT_SECONDS" not in os.environ:
     TELEMETRY["DB_ANSWER_TIMEOUT_SECONDS"] = 60.0  # noqa: F405
-
-# SQLite run: this process's own test file (several runs may share a machine),
-# removed with its WAL files at exit; TELEMETRY_TEST_SQLITE names another.
-if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3" and not DATABASES["default"]["TEST"]["NAME"]:  # noqa: F405
-    _test_dir = tempfile.mkdtemp(prefix="telemetry-test-")
-    atexit.register(shutil.rmtree, _test_dir, ignore_errors=True)
-    DATABASES["default"]["TEST"]["NAME"] = os.path.join(_test_dir, "test.sqlite3")  # noqa: F405
 
 # PostgreSQL run: a test database of this run's own, so concurrent runs on one
 # server (several developers, or the suite beside a benchmark) never collide

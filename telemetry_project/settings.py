@@ -344,9 +344,9 @@ TELEMETRY: dict[str, Any] = {
     "MAX_SERVICES": envint("MAX_SERVICES", 500, 1),
     # Ingest writes go to one group-commit writer thread (metrics.ingest.writer) and
     # query reads to reused worker threads, each keeping its connection, instead
-    # of Django's new thread (and new connection) per request. Off in
-    # tests/settings.py: pytest-django holds each test's transaction on the test
-    # thread's connection.
+    # of Django's new thread (and new connection) per request. The test suite
+    # runs them too (tests/conftest.py lends them the test's connection); off,
+    # both run on the request's own thread.
     "DB_THREAD_POOL": envbool("DB_THREAD_POOL", True),
     # Ingest and health answer 503 (Retry-After) when the database has not answered
     # within this many seconds; the abandoned request is rolled back (docs/reliability.md).

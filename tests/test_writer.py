@@ -2,18 +2,27 @@
 
 Each test builds a GroupWriter of its own and holds its jobs at chosen points
 with events, so a group's composition and timing are decided by the test,
-not by the scheduler.
+not by the scheduler. The lock test goes through the real ingest path
+(POST /metrics/ingest, the process's writer) against a write lock held by
+another connection: on SQLite a second connection to the test's file.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
+import sqlite3
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import pytest
+from django.db import connection
 
-from metrics.ingest.writer import ABANDONED, COMMITTING, Abandoned, GroupWriter, wait
-from metrics.models import Service
+from metrics import stats
+from metrics.ingest import writer as process_writer
+from metrics.ingest.writer import ABANDONED, COMMITTING, MAX_GROUP_JOBS, Abandoned, GroupWriter, wait
+from metrics.models import Point, Series, Service
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -35,6 +44,50 @@ def blocked_until(gate: threading.Event, started: threading.Event | None = None)
 
 def stored() -> set[str]:
     return set(Service.objects.values_list("name", flat=True))
+
+
+def groups_committed() -> int:
+    """How many groups the writer has committed: a job's group is the one after those that committed before it ran."""
+    return int(stats.snapshot()["ingest_groups"])
+
+
+def store_service_in_group(name: str) -> tuple[str, int]:
+    return store_service(name), groups_committed()
+
+
+def held(writer: GroupWriter) -> threading.Event:
+    """Hold the writer in a group of its own; jobs submitted until the returned gate is set queue up behind it."""
+    gate, holding = threading.Event(), threading.Event()
+    writer.submit(blocked_until, gate, holding)
+    assert holding.wait(WAIT)
+    return gate
+
+
+def writer_idle(writer: GroupWriter) -> None:
+    """Every job submitted so far has its outcome: a job submitted now has run (groups run in order)."""
+    writer.submit(lambda: None).future.result(WAIT)
+
+
+@contextmanager
+def write_lock_held_elsewhere() -> Iterator[None]:
+    """Another connection's transaction holding what the writer needs, until the block ends.
+
+    SQLite: a plain sqlite3 connection to the test's file holds BEGIN IMMEDIATE,
+    so the writer's own BEGIN IMMEDIATE waits (the group is taken, its job not
+    yet run). PostgreSQL: the points table is locked, so the job's INSERT waits
+    (the job is running).
+    """
+    if connection.vendor == "sqlite":
+        outside = sqlite3.connect(connection.settings_dict["NAME"], isolation_level=None)
+        outside.execute("BEGIN IMMEDIATE")
+    else:
+        outside = connection.get_new_connection(connection.get_connection_params())
+        outside.execute(f"LOCK TABLE {Point._meta.db_table} IN EXCLUSIVE MODE")
+    try:
+        yield
+    finally:
+        outside.rollback()
+        outside.close()
 
 
 def group_of(writer: GroupWriter, *jobs):  # type: ignore[no-untyped-def]
@@ -131,3 +184,45 @@ def test_abandoning_twice_is_still_abandoned():
     gate.set()
     with pytest.raises(Abandoned):
         job.future.result(WAIT)
+
+
+def test_an_ingest_answered_503_while_the_database_is_locked_stores_nothing_once_the_lock_is_released(
+    client, telemetry
+):
+    telemetry(DB_ANSWER_TIMEOUT_SECONDS=0.5)  # the lock below outlasts it: it is only released after the answer
+    point = {"service": "locked", "metric_type": "cpu", "value": 1.0}
+    with write_lock_held_elsewhere():
+        response = client.post("/metrics/ingest", data=json.dumps(point), content_type="application/json")
+        assert response.status_code == 503, response.content
+        assert response["Retry-After"]
+    # The request's job waited on the lock; now its group runs, without it.
+    writer_idle(process_writer.writer)
+    assert not Point.objects.exists()
+    assert not Series.objects.exists()
+    assert stored() == set()
+    # The writer is not stuck: the next request is stored, alone.
+    again = {**point, "service": "after", "value": 2.0}
+    assert client.post("/metrics/ingest", data=json.dumps(again), content_type="application/json").status_code == 200
+    assert list(Point.objects.values_list("service", "value")) == [("after", 2.0)]
+
+
+def test_a_job_that_would_overflow_the_group_weight_starts_the_next_group():
+    writer = GroupWriter(max_group_weight=10)
+    gate = held(writer)
+    weights = {"a": 6, "b": 6, "c": 4, "d": 1, "heavy": 50, "e": 1}
+    jobs = {name: writer.submit(store_service_in_group, name, weight=weight) for name, weight in weights.items()}
+    gate.set()
+    groups = {name: job.future.result(WAIT)[1] for name, job in jobs.items()}
+    # The holding group commits first (1). a+b would weigh 12: b starts the next group, which
+    # c fills to exactly 10; d overflows it; a job heavier than the cap still runs, alone.
+    assert groups == {"a": 1, "b": 2, "c": 2, "d": 3, "heavy": 4, "e": 5}
+    assert stored() == set(weights)
+
+
+def test_a_group_stops_at_max_group_jobs_and_the_rest_form_the_next():
+    writer = GroupWriter()
+    gate = held(writer)
+    jobs = [writer.submit(groups_committed) for _ in range(MAX_GROUP_JOBS + 2)]
+    gate.set()
+    # After the holding group (1): MAX_GROUP_JOBS in one group, the two left over in the next.
+    assert [job.future.result(WAIT) for job in jobs] == [1] * MAX_GROUP_JOBS + [2, 2]

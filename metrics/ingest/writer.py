@@ -203,7 +203,7 @@ async def write(func: Callable[..., Any], *args: Any, weight: int = 1) -> Any:
     was already committing when the time ran out gets its real answer instead.
     """
     if not settings.TELEMETRY.get("DB_THREAD_POOL", True):
-        # Tests: the same group commit, on the test thread with the test's own connection and transaction.
+        # The same group commit, inline on a thread of the caller's (no writer thread, no timeout).
         return await sync_to_async(write_now)(func, *args)
     return await wait(writer, writer.submit(func, *args, weight=weight), answer_seconds())
 
@@ -211,9 +211,9 @@ async def write(func: Callable[..., Any], *args: Any, weight: int = 1) -> Any:
 def write_now(func: Callable[..., Any], *args: Any) -> Any:
     """func(*args) as a group of one, committed on the calling thread: what write() does, without the thread.
 
-    Management commands (no event loop) and the test suite (DB_THREAD_POOL off,
-    so each test's transaction holds) use it; the job runs through the same
-    _commit_group as on the writer thread: transaction, savepoint, outcome.
+    Management commands (no event loop) and write() with DB_THREAD_POOL off use
+    it; the job runs through the same _commit_group as on the writer thread:
+    transaction, savepoint, outcome.
     """
     job = _Job(func, args, 1)
     writer._commit_group([job])

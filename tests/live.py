@@ -36,8 +36,7 @@ def server_env(tmp_path: Path, **overrides: str) -> dict[str, str]:
     env["TELEMETRY_DATA_DIR"] = str(tmp_path)
     env["PYTHONUNBUFFERED"] = "1"
     env.pop("DJANGO_SETTINGS_MODULE", None)
-    # tests/settings.py turns the pooled DB threads off for in-process tests;
-    # a live server runs them as production does.
+    # A live server takes production's defaults, whatever the calling shell set.
     env.pop("DB_THREAD_POOL", None)
     env.update(overrides)
     return env

@@ -348,11 +348,26 @@ def exact_buckets(spec: QuerySpec, size: int) -> list[dict[str, Any]]:
     return [figures.row(g, key) for g, key in enumerate(keys)]
 
 
-def minute_summaries(spec: QuerySpec, start: datetime, end: datetime) -> rollups.MinuteSummaries:
-    """Per-minute summaries for [start, end): rollups before the rolled-up boundary, raw points after it."""
+def minute_summaries(spec: QuerySpec, start: datetime, end: datetime, size: int = 60) -> rollups.MinuteSummaries:
+    """Summaries for [start, end) to group into `size`-second buckets: rollups before the rolled-up boundary, raw points after it.
+
+    Where buckets are whole windows of a tier (rollups.tier_for), the tier's
+    windows stand for their minutes, which they merge exactly (counts, min,
+    max, sketch bucket counts; sums up to float rounding), so the buckets are
+    the ones the minutes give; the minutes are read only at the edges.
+    """
     boundary = rollups.boundary_within(start, end)
+    width = rollups.tier_for(size)
+    span = rollups.tier_span(width, start, boundary) if width is not None and start < boundary else None
     parts = []
-    if start < boundary:
+    if width is not None and span is not None:
+        tier_start, tier_end = span
+        if start < tier_start:
+            parts.append(rollups.fetch_rollups(start, tier_start, spec.services, spec.metric_types))
+        parts.append(rollups.fetch_tier(width, tier_start, tier_end, spec.services, spec.metric_types))
+        if tier_end < boundary:
+            parts.append(rollups.fetch_rollups(tier_end, boundary, spec.services, spec.metric_types))
+    elif start < boundary:
         parts.append(rollups.fetch_rollups(start, boundary, spec.services, spec.metric_types))
     if boundary < end:
         parts.append(rollups.summarise_window(boundary, end, spec.services, spec.metric_types))
@@ -361,7 +376,7 @@ def minute_summaries(spec: QuerySpec, start: datetime, end: datetime) -> rollups
 
 def sketch_buckets(spec: QuerySpec, size: int) -> list[dict[str, Any]]:
     # Whole minutes only: a rollup cannot be split, so the range widens to them.
-    summaries = minute_summaries(spec, rollups.floor_minute(spec.start), spec.end)
+    summaries = minute_summaries(spec, rollups.floor_minute(spec.start), spec.end, size)
     if not len(summaries):
         return []
     group_id, keys = _bucket_groups(summaries.service, summaries.metric_type, summaries.minute.astype(np.float64), size)
@@ -393,7 +408,7 @@ def pooled_percentiles(spec: QuerySpec, now: datetime) -> Pooled:
         group_id, starts = _pooled_groups(when, size)
         figures = exact_figures(value, group_id, len(starts))
     else:
-        summaries = minute_summaries(spec, rollups.floor_minute(spec.start), current)
+        summaries = minute_summaries(spec, rollups.floor_minute(spec.start), current, size)
         if not len(summaries):
             return Pooled(source, size, current, np.array([], dtype=np.int64), np.empty((0, 3)), np.array([]))
         group_id, starts = _pooled_groups(summaries.minute.astype(np.float64), size)

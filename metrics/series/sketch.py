@@ -184,10 +184,15 @@ def _dense_quantiles(
     if not present.any():
         return out
     cum, totals = cum[present], totals[present]
+    # Each row of `cum` is non-decreasing; shifted by a stride above every total
+    # the rows make one sorted array, so all groups are one searchsorted each.
+    rows = np.arange(len(totals))
+    shift = rows * (float(totals.max()) + 1.0)
+    flat = (cum + shift[:, None]).ravel()
 
     def value_at(rank: np.ndarray) -> np.ndarray:
         # First bucket whose cumulative count exceeds the 0-based rank.
-        pos = (cum <= rank[:, None]).sum(axis=1)
+        pos = np.searchsorted(flat, rank + shift, side="right") - rows * n_buckets
         return reps[np.minimum(pos, n_buckets - 1)]
 
     out[present] = _interpolate(value_at, totals, quantiles)

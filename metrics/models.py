@@ -204,8 +204,10 @@ class CoarseRollup(models.Model):
             ),
         ]
         indexes = [
-            # Serves the retention delete of old windows.
-            models.Index(fields=["start"], name="coarserollup_start_idx"),
+            # Serves every series of one tier in a range (the dashboard's totals,
+            # WHERE width = %s AND start >= %s AND start < %s) and the retention
+            # delete, tier by tier.
+            models.Index(fields=["width", "start"], name="coarserollup_width_start_idx"),
         ]
 
     def __str__(self) -> str:

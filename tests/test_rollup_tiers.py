@@ -224,6 +224,8 @@ def test_a_late_point_in_a_window_still_open_reaches_it_when_it_completes():
         )
         half = CoarseRollup.objects.get(service="api", width=1800, start=at("2026-01-15T11:00:00Z"))
         assert half.max == 9876.0  # 11:00-11:30 was complete: recomputed in the ingest transaction
+        # The open hour gets no partial row; roll_up writes it once it is complete.
+        assert not CoarseRollup.objects.filter(width=3600, start=at("2026-01-15T11:00:00Z")).exists()
         rollups.roll_up(now=NOW)
     hour = CoarseRollup.objects.get(service="api", width=3600, start=at("2026-01-15T11:00:00Z"))
     assert hour.max == 9876.0
@@ -310,3 +312,24 @@ def test_a_tier_read_is_an_index_range_search():
         plan = " ".join(str(row[-1]) for row in cur.fetchall())
     assert plan.startswith("SEARCH metrics_coarserollup USING INDEX"), plan
     assert "width=? AND start>? AND start<?" in plan, plan
+
+
+def test_the_dashboard_totals_read_hour_windows_and_equal_the_minute_totals(monkeypatch):
+    from django.test.utils import CaptureQueriesContext
+
+    from dashboard.status import window_totals
+
+    with time_machine.travel(NOW, tick=False):
+        fill()
+        store([Row(at("2026-01-15T12:00:10Z"), "api", "latency", 50.0, {})], now=NOW)  # after the boundary: raw
+        start, end = at("2026-01-15T09:12:40Z"), NOW
+        with CaptureQueriesContext(connection) as queries:
+            from_tiers = window_totals(start, end, None)
+        with monkeypatch.context() as m:
+            m.setattr(rollups, "tier_span", lambda *args: None)
+            from_minutes = window_totals(start, end, None)
+    assert any("metrics_coarserollup" in q["sql"] for q in queries.captured_queries)
+    assert set(from_tiers) == set(from_minutes) == {("api", "latency"), ("auth", "latency")}
+    for key, (total, count) in from_minutes.items():
+        assert from_tiers[key][1] == count
+        assert from_tiers[key][0] == pytest.approx(total, rel=1e-12)

@@ -181,7 +181,9 @@ def prune(now: datetime | None = None, dry_run: bool = False) -> PruneReport:
         boundary = rollups.floor_minute(now)
         report.points_deleted = _count("metrics_point", "timestamp", min(points_cut, boundary))
         report.rollups_deleted = _count("metrics_rollup", "minute", rollups_cut)
-        report.tier_windows_deleted = _count("metrics_coarserollup", "start", rollups_cut)
+        report.tier_windows_deleted = sum(
+            _count("metrics_coarserollup", "start", rollups_cut, f"AND width = {width}") for width in rollups.TIERS
+        )
         report.alerts_deleted = _count("metrics_alert", "resolved_at", alerts_cut, resolved)
         report.series_deleted, report.services_deleted = prune_series(points_cut, rollups_cut, dry_run=True)
         return report
@@ -193,7 +195,9 @@ def prune(now: datetime | None = None, dry_run: bool = False) -> PruneReport:
     _delete_batched("metrics_sketchcontribution", "minute", rollups.floor_minute(min(points_cut, boundary)))
     report.rollups_deleted = _delete_batched("metrics_rollup", "minute", rollups_cut)
     # A tier window goes with its first minute: no window outlives a minute it merged.
-    report.tier_windows_deleted = _delete_batched("metrics_coarserollup", "start", rollups_cut)
+    report.tier_windows_deleted = sum(
+        _delete_batched("metrics_coarserollup", "start", rollups_cut, f"AND width = {width}") for width in rollups.TIERS
+    )
     alert_silences.prune(alerts_cut)  # before the alerts: unlinks their notifications
     report.alerts_deleted = _delete_batched("metrics_alert", "resolved_at", alerts_cut, resolved)
     report.series_deleted, report.services_deleted = prune_series(points_cut, rollups_cut)

@@ -34,7 +34,7 @@ class Migration(migrations.Migration):
                 ('sketch', models.BinaryField()),
             ],
             options={
-                'indexes': [models.Index(fields=['start'], name='coarserollup_start_idx')],
+                'indexes': [models.Index(fields=['width', 'start'], name='coarserollup_width_start_idx')],
                 'constraints': [models.UniqueConstraint(fields=('service', 'metric_type', 'width', 'start'), name='coarserollup_series_width_start_uniq')],
             },
         ),

@@ -617,25 +617,30 @@ def _aware(value: Any) -> datetime | None:
 def backfill_tiers(span: timedelta = timedelta(hours=6)) -> int:
     """Build the tier windows of one more `span` of minutes before `tiered_from` (databases rolled up before tiers).
 
-    One short locked transaction per call, like a roll-up chunk; it stops
-    once no minute rollup is older than `tiered_from`.
+    One short locked transaction per call, like a roll-up chunk; once no
+    minute rollup is older than `tiered_from` a call only reads two values.
     """
+    since = tiered_from()
+    first = _first_rollup_minute() if since is not None else None
+    if since is None or first is None or since.timestamp() <= first:
+        return 0
+    top = max(TIERS)
+    # The first step ends at `tiered_from` itself (windows that straddle it were built
+    # when they completed); later steps start and end on whole hours.
+    lo = max(_floor_epoch(since - span, top), first // top * top)
     with transaction.atomic():
         state = _lock_state()
-        since = state.tiered_from
-        if since is None:
-            return 0
-        with connection.cursor() as cur:
-            cur.execute(f"SELECT MIN({epoch_sql('minute')}) FROM metrics_rollup")
-            row = cur.fetchone()
-        first = None if row is None or row[0] is None else int(round(row[0]))
-        top = max(TIERS)
-        # The first step ends at `tiered_from` itself (windows that straddle it were built
-        # when they completed); later steps start and end on whole hours.
-        if first is None or since.timestamp() <= first:
-            return 0
-        lo = max(_floor_epoch(since - span, top), first // top * top)
+        if state.tiered_from != since:
+            return 0  # another process moved it meanwhile; the next pass goes on from there
         written = build_tiers({w: (lo, _floor_epoch(since, w)) for w in TIERS if lo < _floor_epoch(since, w)})
         state.tiered_from = from_epoch(lo)
         state.save(update_fields=["tiered_from"])
     return written
+
+
+def _first_rollup_minute() -> int | None:
+    with connection.cursor() as cur:
+        # MIN of the bare column: one seek on rollup_minute_idx, not a conversion of every row.
+        cur.execute(f"SELECT {epoch_sql('first')} FROM (SELECT MIN(minute) AS first FROM metrics_rollup) AS m")
+        row = cur.fetchone()
+    return None if row is None or row[0] is None else int(round(row[0]))

@@ -60,7 +60,6 @@ class Scheduler:
             log.info("prune: %s", report.as_dict())
         elif self.last_rollup is None or now - self.last_rollup >= conf["ROLLUP_INTERVAL_SECONDS"]:
             rollups.roll_up()
-            rollups.backfill_tiers()  # a no-op once the tiers reach the oldest minute rollup
             self.last_rollup = now
             anomaly.evaluate()  # scores the minutes just rolled up (a no-op until a new one is)
 

@@ -5,7 +5,9 @@ ending at the current minute, inserted with executemany (SQLite) or COPY
 (PostgreSQL). Rollups: the raw window is summarised by metrics.series.rollups.summarise
 (the code the server uses), and the days before it by the same function over
 generated values, `per_minute` values per series minute, so the 7-day query
-merges real sketches. RollupState marks everything before the end as rolled up.
+merges real sketches. Tier windows (5 min, 30 min, 1 h) are merged from those
+minutes by metrics.series.rollups.merge_windows, as roll_up does. RollupState
+marks everything before the end as rolled up and tiered.
 """
 
 from __future__ import annotations
@@ -126,6 +128,17 @@ class Writer:
         self.conn.commit()
         return len(rows)
 
+    def tiers(self, summaries: Any, width: int) -> int:
+        rows = [(s, m, width, *rest) for s, m, *rest in summaries.records(self.ts)]
+        sql = "INSERT INTO metrics_coarserollup (service, metric_type, width, start, count, sum, min, max, sketch) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)"
+        if self.sqlite:
+            self.conn.executemany(sql.replace("%s", "?"), rows)
+        else:
+            with self.conn.cursor() as cur:
+                cur.executemany(sql, rows)
+        self.conn.commit()
+        return len(rows)
+
     def close(self) -> None:
         self.conn.commit()
         self.conn.close()
@@ -141,7 +154,7 @@ def build(
     progress: Any = None,
 ) -> Dataset:
     from metrics.ingest.store import tags_hash
-    from metrics.series.rollups import summarise
+    from metrics.series.rollups import TIERS, MinuteSummaries, merge_windows, summarise
 
     t0 = time.perf_counter()
     rng = np.random.default_rng(seed)
@@ -150,13 +163,15 @@ def build(
     raw_start = end - raw_seconds
     raw_start -= raw_start % 60
     raw_rows = rollup_rows = 0
+    summaries: list[Any] = []  # every minute summary, for the tier windows
     # Raw window, hour by hour; its rollups from the very same values.
     for chunk_start in range(raw_start, end, CHUNK_SECONDS):
         n = min(CHUNK_SECONDS, end - chunk_start)
         svc, mt, ts, values = _chunk_values(chunk_start, n, rng)
         writer.points(svc, mt, ts, values)
         raw_rows += len(ts)
-        rollup_rows += writer.rollups(summarise(svc, mt, ts.astype(np.float64), values))
+        summaries.append(summarise(svc, mt, ts.astype(np.float64), values))
+        rollup_rows += writer.rollups(summaries[-1])
         if progress:
             progress(f"raw points {raw_rows:,}")
     # Older rollups: generated values, `per_minute` per series minute.
@@ -174,9 +189,22 @@ def build(
         mt = np.tile(np.repeat(np.array(TYPES, dtype=object), n), len(SERVICES))
         ts = np.tile(stamps, len(SERVICES) * len(TYPES)).astype(np.float64)
         values = np.concatenate([healthy_values(m, n, rng) for _ in SERVICES for m in TYPES])
-        rollup_rows += writer.rollups(summarise(svc, mt, ts, values))
+        summaries.append(summarise(svc, mt, ts, values))
+        rollup_rows += writer.rollups(summaries[-1])
         if progress:
             progress(f"rollups {rollup_rows:,}")
+    # Tier windows as roll_up leaves them: every whole window from the first minute to the end.
+    tiered_from = min(old_start, raw_start)
+    all_minutes = MinuteSummaries.concat(summaries)
+    del summaries
+    tier_rows = 0
+    for width in TIERS:
+        windows = merge_windows(all_minutes, width)
+        tier_rows += writer.tiers(
+            windows.take(np.flatnonzero((windows.minute >= tiered_from) & (windows.minute + width <= end))), width
+        )
+    if progress:
+        progress(f"tier windows {tier_rows:,}")
     first, last = writer.ts(min(old_start, raw_start)), writer.ts(end)
     for service in SERVICES:
         writer.execute(
@@ -189,7 +217,10 @@ def build(
                 (service, metric_type, tags_hash({"region": "us-east"}), first),
             )
     writer.execute("DELETE FROM metrics_rollupstate")
-    writer.execute("INSERT INTO metrics_rollupstate (id, rolled_through) VALUES (1, %s)", (writer.ts(end),))
+    writer.execute(
+        "INSERT INTO metrics_rollupstate (id, rolled_through, tiered_from) VALUES (1, %s, %s)",
+        (writer.ts(end), writer.ts(tiered_from)),
+    )
     writer.conn.commit()
     if writer.sqlite:
         # No ANALYZE: a deployed server has no sqlite_stat1 either, so the
@@ -211,6 +242,13 @@ def build(
 
 def forget_raw_rollups(writer: Writer, raw_start: datetime) -> None:
     """Make the raw window un-rolled-up again, so prune has to roll it up before deleting."""
-    writer.execute("DELETE FROM metrics_rollup WHERE minute >= %s", (writer.ts(int(raw_start.timestamp())),))
-    writer.execute("UPDATE metrics_rollupstate SET rolled_through = NULL")
+    from metrics.series.rollups import TIERS
+
+    since = int(raw_start.timestamp())
+    writer.execute("DELETE FROM metrics_rollup WHERE minute >= %s", (writer.ts(since),))
+    for width in TIERS:  # the windows that merged a minute just deleted
+        writer.execute(
+            "DELETE FROM metrics_coarserollup WHERE width = %s AND start > %s", (width, writer.ts(since - width))
+        )
+    writer.execute("UPDATE metrics_rollupstate SET rolled_through = NULL, tiered_from = NULL")
     writer.close()

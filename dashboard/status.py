@@ -18,17 +18,18 @@ from django.db.models import Count, Sum
 
 from metrics.alerts.rules import series_status
 from metrics.kinds import KINDS, METRIC_TYPES
-from metrics.models import Alert, Point, Rollup, Service
+from metrics.models import Alert, CoarseRollup, Point, Rollup, Service
 from metrics.series import rollups
 
 from .selection import Selection
 
 SeriesKey = tuple[str, str]
+HOUR = 3600  # the rollup tier the stat cards' totals read for whole hours
 STATUS_RANK = {"stale": 0, "healthy": 1, "warning": 2, "critical": 3}
 
 
 def window_totals(start: datetime, end: datetime, services: list[str] | None) -> dict[SeriesKey, tuple[float, int]]:
-    """(sum, count) per series over [start, end): rollup rows, then raw points after the boundary."""
+    """(sum, count) per series over [start, end): rollups (hour windows for whole hours), then raw points after the boundary."""
     boundary = rollups.boundary_within(start, end)
     totals: dict[SeriesKey, tuple[float, int]] = {}
 
@@ -38,11 +39,23 @@ def window_totals(start: datetime, end: datetime, services: list[str] | None) ->
             total, count = totals.get(key, (0.0, 0))
             totals[key] = (total + (row["s"] or 0.0), count + int(row["c"] or 0))
 
-    if start < boundary:
-        qs = Rollup.objects.window(rollups.floor_minute(start), boundary)
+    def add_summaries(qs: Any) -> None:
         if services:
             qs = qs.filter(service__in=services)
         add(qs.values("service", "metric_type").annotate(s=Sum("sum"), c=Sum("count")).order_by())
+
+    if start < boundary:
+        lo = rollups.floor_minute(start)
+        hours = rollups.tier_span(HOUR, lo, boundary)
+        if hours is None:
+            add_summaries(Rollup.objects.window(lo, boundary))
+        else:
+            # A 7-day card sums 4,200 hour windows of 25 series instead of 252,000 minutes.
+            if lo < hours[0]:
+                add_summaries(Rollup.objects.window(lo, hours[0]))
+            add_summaries(CoarseRollup.objects.filter(width=HOUR).window(*hours))
+            if hours[1] < boundary:
+                add_summaries(Rollup.objects.window(hours[1], boundary))
     if boundary < end:
         points = Point.objects.series(services, None).window(boundary, end)
         add(points.values("service", "metric_type").annotate(s=Sum("value"), c=Count("id")).order_by())

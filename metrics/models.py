@@ -170,11 +170,61 @@ class SketchContribution(MinuteSummary):
         return f"{self.service}/{self.metric_type}@{iso(self.minute)} +{self.count}"
 
 
+class CoarseRollupQuerySet(models.QuerySet["CoarseRollup"]):
+    def window(self, start: datetime, end: datetime) -> CoarseRollupQuerySet:
+        return self.filter(start__gte=start, start__lt=end)
+
+
+class CoarseRollup(models.Model):
+    """The merge of one series' minute rollups over a whole window of `width` seconds (5 min, 30 min, 1 h).
+
+    Derived data, kept by metrics.series.rollups: written when the window's
+    last minute is rolled up, rewritten when a late point recomputes one of its
+    minutes. Long ranges read these instead of every minute.
+    """
+
+    service = models.CharField(max_length=64)
+    metric_type = models.CharField(max_length=16, choices=METRIC_TYPE_CHOICES)
+    width = models.PositiveIntegerField(help_text="Seconds: one of rollups.TIERS.")
+    start = models.DateTimeField()
+    count = models.PositiveIntegerField()
+    sum = models.FloatField()
+    min = models.FloatField()
+    max = models.FloatField()
+    sketch = models.BinaryField()
+
+    objects = CoarseRollupQuerySet.as_manager()
+
+    class Meta:
+        constraints = [
+            # One row per series window; also the index that serves tier range reads:
+            # WHERE service IN (...) AND metric_type IN (...) AND width = %s AND start >= %s AND start < %s.
+            models.UniqueConstraint(
+                fields=["service", "metric_type", "width", "start"], name="coarserollup_series_width_start_uniq"
+            ),
+        ]
+        indexes = [
+            # Serves every series of one tier in a range (the dashboard's totals,
+            # WHERE width = %s AND start >= %s AND start < %s) and the retention
+            # delete, tier by tier.
+            models.Index(fields=["width", "start"], name="coarserollup_width_start_idx"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.service}/{self.metric_type}@{iso(self.start)}+{self.width}s"
+
+
 class RollupState(models.Model):
-    """Singleton: every minute before `rolled_through` has its rollups."""
+    """Singleton: every minute before `rolled_through` has its rollups.
+
+    Every whole window of a tier (CoarseRollup) that ends by `rolled_through`
+    and starts at or after `tiered_from` has its CoarseRollup row; older
+    windows (all of them while it is null) are read from the minutes.
+    """
 
     id = models.PositiveSmallIntegerField(primary_key=True, default=1)
     rolled_through = models.DateTimeField(null=True, blank=True)
+    tiered_from = models.DateTimeField(null=True, blank=True)
 
     @classmethod
     def get(cls) -> RollupState:

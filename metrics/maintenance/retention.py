@@ -1,5 +1,7 @@
 """Retention: roll up, then delete what is past its retention, in batches.
 
+Rollups and their tier windows (CoarseRollup) share the rollup retention.
+
 Last, the Series and Service rows whose data is all gone, so the cardinality
 caps (MAX_SERVICES, MAX_SERIES_PER_SERVICE) free up by themselves.
 """
@@ -34,6 +36,7 @@ class PruneReport:
     rolled_up: int = 0
     points_deleted: int = 0
     rollups_deleted: int = 0
+    tier_windows_deleted: int = 0
     alerts_deleted: int = 0
     series_deleted: int = 0
     services_deleted: int = 0
@@ -178,6 +181,9 @@ def prune(now: datetime | None = None, dry_run: bool = False) -> PruneReport:
         boundary = rollups.floor_minute(now)
         report.points_deleted = _count("metrics_point", "timestamp", min(points_cut, boundary))
         report.rollups_deleted = _count("metrics_rollup", "minute", rollups_cut)
+        report.tier_windows_deleted = sum(
+            _count("metrics_coarserollup", "start", rollups_cut, f"AND width = {width}") for width in rollups.TIERS
+        )
         report.alerts_deleted = _count("metrics_alert", "resolved_at", alerts_cut, resolved)
         report.series_deleted, report.services_deleted = prune_series(points_cut, rollups_cut, dry_run=True)
         return report
@@ -188,6 +194,10 @@ def prune(now: datetime | None = None, dry_run: bool = False) -> PruneReport:
     # Histogram buckets (OTLP) live as long as the raw points they complete.
     _delete_batched("metrics_sketchcontribution", "minute", rollups.floor_minute(min(points_cut, boundary)))
     report.rollups_deleted = _delete_batched("metrics_rollup", "minute", rollups_cut)
+    # A tier window goes with its first minute: no window outlives a minute it merged.
+    report.tier_windows_deleted = sum(
+        _delete_batched("metrics_coarserollup", "start", rollups_cut, f"AND width = {width}") for width in rollups.TIERS
+    )
     alert_silences.prune(alerts_cut)  # before the alerts: unlinks their notifications
     report.alerts_deleted = _delete_batched("metrics_alert", "resolved_at", alerts_cut, resolved)
     report.series_deleted, report.services_deleted = prune_series(points_cut, rollups_cut)

@@ -4,6 +4,13 @@
 has its Rollup rows; minutes from it onwards are read from raw points. A late
 point for a minute before the boundary recomputes that minute inside the ingest
 transaction, so long-range answers always match raw answers.
+
+Coarser tiers (CoarseRollup, widths in TIERS) merge the minute rollups of whole
+5-minute, 30-minute and hour windows, so long ranges read a few thousand rows
+instead of every minute. A window is written, from its minute rollups, in the
+transaction whose roll-up completes it, and rewritten, from its minute rollups
+again, in the transaction where a late point recomputes one of its minutes: a
+tier answer is the minute answer, whatever arrives when.
 """
 
 from __future__ import annotations
@@ -210,11 +217,20 @@ def series_where(
 
 
 def _fetch_summaries(
-    table: str, start: datetime, end: datetime, services: Sequence[str] | None, metric_types: Sequence[str] | None
+    table: str,
+    start: datetime,
+    end: datetime,
+    services: Sequence[str] | None,
+    metric_types: Sequence[str] | None,
+    column: str = "minute",
+    width: int | None = None,
 ) -> MinuteSummaries:
-    """Rows of a per-minute summary table (rollups, sketch contributions) as MinuteSummaries."""
-    where, params = series_where("minute", start, end, services, metric_types)
-    sql = f"SELECT service, metric_type, {epoch_sql('minute')}, count, sum, min, max, sketch FROM {table} WHERE {where}"
+    """Rows of a summary table (rollups, sketch contributions, one tier's windows) as MinuteSummaries."""
+    where, params = series_where(column, start, end, services, metric_types)
+    if width is not None:
+        where += " AND width = %s"
+        params.append(width)
+    sql = f"SELECT service, metric_type, {epoch_sql(column)}, count, sum, min, max, sketch FROM {table} WHERE {where}"
     with connection.cursor() as cur:
         cur.execute(sql, params)
         rows = cur.fetchall()
@@ -239,17 +255,23 @@ def fetch_rollups(
     return _fetch_summaries("metrics_rollup", start, end, services, metric_types)
 
 
-def _upsert(summaries: MinuteSummaries) -> int:
+def _upsert(summaries: MinuteSummaries, width: int | None = None) -> int:
+    """Write minute rollups, or (with `width`) that tier's windows, replacing the rows they recompute."""
     if not len(summaries):
         return 0
-    table = connection.ops.quote_name("metrics_rollup")
+    if width is None:
+        table, columns, key = "metrics_rollup", "minute", "minute"
+        params = summaries.records(_db_minute)
+    else:
+        table, columns, key = "metrics_coarserollup", "width, start", "width, start"
+        params = [(s, m, width, *rest) for s, m, *rest in summaries.records(_db_minute)]
+    placeholders = ", ".join(["%s"] * len(params[0]))
     sql = (
-        f"INSERT INTO {table} (service, metric_type, minute, count, sum, min, max, sketch) "
-        "VALUES (%s, %s, %s, %s, %s, %s, %s, %s) "
-        "ON CONFLICT (service, metric_type, minute) DO UPDATE SET count = excluded.count, "
+        f"INSERT INTO {connection.ops.quote_name(table)} (service, metric_type, {columns}, count, sum, min, max, sketch) "
+        f"VALUES ({placeholders}) "
+        f"ON CONFLICT (service, metric_type, {key}) DO UPDATE SET count = excluded.count, "
         "sum = excluded.sum, min = excluded.min, max = excluded.max, sketch = excluded.sketch"
     )
-    params = summaries.records(_db_minute)
     with connection.cursor() as cur:
         cur.executemany(sql, params)
     return len(params)
@@ -278,7 +300,8 @@ def roll_up(now: datetime | None = None, chunk: timedelta = timedelta(minutes=10
     and ingestion must keep answering during a large roll-up), then written in
     a short locked transaction. If a point landed in the chunk meanwhile (the
     fingerprint changed), the chunk is recomputed under the lock, so a rollup
-    never misses a committed point.
+    never misses a committed point. The same transaction writes the tier
+    windows the chunk completes; at the end, `backfill_tiers` takes one step.
     """
     now = now or datetime.now(UTC)
     target = floor_minute(now)
@@ -291,9 +314,12 @@ def roll_up(now: datetime | None = None, chunk: timedelta = timedelta(minutes=10
                 if state.rolled_through is None:
                     first = _first_point_time()
                     state.rolled_through = floor_minute(first) if first is not None else target
-                    state.save(update_fields=["rolled_through"])
+                    # Tier windows are built from here on, as they complete.
+                    state.tiered_from = state.rolled_through
+                    state.save(update_fields=["rolled_through", "tiered_from"])
             continue
         if start >= target:
+            backfill_tiers()  # a database rolled up before the tiers: one more step back (else two reads)
             return written
         end = min(start + chunk, target)
         before = _fingerprint(start, end)
@@ -305,6 +331,8 @@ def roll_up(now: datetime | None = None, chunk: timedelta = timedelta(minutes=10
             if _fingerprint(start, end) != before:
                 summaries = summarise_window(start, end, None, None)
             written += _upsert(summaries)
+            # The tier windows this chunk completes, from the minutes just written and those before.
+            build_tiers(completed_windows(start, end))
             state.rolled_through = end
             state.save(update_fields=["rolled_through"])
 
@@ -351,14 +379,39 @@ def refresh_late_minutes(rows: Iterable) -> int:
     late = {(r.service, r.metric_type, floor_minute(r.timestamp)) for r in rows if r.timestamp < boundary}
     if not late:
         return 0
-    return recompute(late)
+    return recompute(late, boundary)
 
 
-def recompute(series_minutes: Iterable[tuple[str, str, datetime]]) -> int:
-    """Rebuild the given (service, metric_type, minute) rollups from raw points, in one read."""
+def recompute(series_minutes: Iterable[tuple[str, str, datetime]], boundary: datetime | None = None) -> int:
+    """Rebuild the given (service, metric_type, minute) rollups from raw points, in one read.
+
+    Then every complete tier window (ending by `boundary`, the rolled-up
+    boundary) that holds one of those minutes is rebuilt from its minute rollups.
+    """
     wanted = set(series_minutes)
     if not wanted:
         return 0
+    written = _recompute_minutes(wanted)
+    boundary = boundary if boundary is not None else rolled_through()
+    if boundary is not None:
+        windows = {
+            width: {
+                (s, m, _floor_epoch(t, width))
+                for s, m, t in wanted
+                if _floor_epoch(t, width) + width <= boundary.timestamp()
+            }
+            for width in TIERS
+        }
+        build_tiers(
+            {w: (min(k[2] for k in keys), max(k[2] for k in keys) + w) for w, keys in windows.items() if keys},
+            sorted({s for s, _, _ in wanted}),
+            sorted({m for _, m, _ in wanted}),
+            windows,
+        )
+    return written
+
+
+def _recompute_minutes(wanted: set[tuple[str, str, datetime]]) -> int:
     services = sorted({s for s, _, _ in wanted})
     types = sorted({m for _, m, _ in wanted})
     lo = min(m for _, _, m in wanted)
@@ -440,3 +493,156 @@ def insert_contributions(contributions: Sequence[MinuteSummaries]) -> int:
             params,
         )
     return len(params)
+
+
+# --- Coarser tiers ----------------------------------------------------------------
+
+# Window widths (seconds) of the merged tiers, finest first. Each divides 3600,
+# and every bucket of 5 minutes or more a query can ask for (query.NICE_BUCKETS,
+# FIXED_BUCKETS) is a multiple of one of them: 24 h `auto` buckets are 5 minutes,
+# 7 d ones 30 minutes.
+TIERS = (300, 1800, 3600)
+Spans = dict[int, tuple[int, int]]  # width -> [first window start, last window end), epoch seconds
+
+
+def tier_for(bucket_seconds: int) -> int | None:
+    """The widest tier whose windows tile buckets of this size; None when only minutes do."""
+    fits = [width for width in TIERS if bucket_seconds % width == 0]
+    return max(fits) if fits else None
+
+
+def _floor_epoch(dt: datetime, width: int) -> int:
+    return int(dt.timestamp()) // width * width
+
+
+def _ceil_epoch(dt: datetime, width: int) -> int:
+    whole, part = divmod(int(dt.timestamp()), width)
+    return (whole + (1 if part or dt.microsecond else 0)) * width
+
+
+def tier_span(width: int, start: datetime, end: datetime) -> tuple[datetime, datetime] | None:
+    """The whole `width` windows inside [start, end) that a query may read from the tier, or None.
+
+    They must also end by the rolled-up boundary (complete) and start at or
+    after `tiered_from` (built): the caller clamps `end` to the boundary.
+    """
+    since = tiered_from()
+    if since is None:
+        return None
+    lo = _ceil_epoch(max(start, since), width)
+    hi = _floor_epoch(end, width)
+    return (from_epoch(lo), from_epoch(hi)) if lo < hi else None
+
+
+def completed_windows(start: datetime, end: datetime) -> Spans:
+    """Per tier, the windows that end in (start, end]: those a roll-up from start to end completes."""
+    spans = {}
+    for width in TIERS:
+        lo, hi = _floor_epoch(start, width), _floor_epoch(end, width)
+        if lo < hi:
+            spans[width] = (lo, hi)
+    return spans
+
+
+def merge_windows(summaries: MinuteSummaries, width: int) -> MinuteSummaries:
+    """One summary per (series, `width`-second window): counts and sums add, min/max hold, sketches merge."""
+    if not len(summaries):
+        return MinuteSummaries.empty()
+    window = summaries.minute // width * width
+    columns = zip(summaries.service.tolist(), summaries.metric_type.tolist(), window.tolist(), strict=True)
+    keys = np.array([f"{s}|{m}|{w}" for s, m, w in columns])
+    uniq, first, group = np.unique(keys, return_index=True, return_inverse=True)
+    n = len(uniq)
+    mins = np.full(n, np.inf)
+    np.minimum.at(mins, group, summaries.min)
+    maxs = np.full(n, -np.inf)
+    np.maximum.at(maxs, group, summaries.max)
+    return MinuteSummaries(
+        summaries.service[first],
+        summaries.metric_type[first],
+        window[first],
+        np.bincount(group, weights=summaries.count, minlength=n),
+        np.bincount(group, weights=summaries.sum, minlength=n),
+        mins,
+        maxs,
+        sketch.merge_groups(summaries.sketches, group, n),
+    )
+
+
+def fetch_tier(
+    width: int, start: datetime, end: datetime, services: Sequence[str] | None, metric_types: Sequence[str] | None
+) -> MinuteSummaries:
+    """The `width` windows that start in [start, end), as summaries whose `minute` is the window's start."""
+    return _fetch_summaries("metrics_coarserollup", start, end, services, metric_types, column="start", width=width)
+
+
+def build_tiers(
+    spans: Spans,
+    services: Sequence[str] | None = None,
+    metric_types: Sequence[str] | None = None,
+    only: dict[int, set[tuple[str, str, int]]] | None = None,
+) -> int:
+    """(Re)write each tier's windows in its span from the minute rollups, in one read; `only` narrows to some."""
+    if not spans:
+        return 0
+    lo = min(a for a, _ in spans.values())
+    hi = max(b for _, b in spans.values())
+    minutes = fetch_rollups(from_epoch(lo), from_epoch(hi), services, metric_types)
+    written = 0
+    for width, (a, b) in spans.items():
+        part = minutes.take(np.flatnonzero((minutes.minute >= a) & (minutes.minute < b)))
+        windows = merge_windows(part, width)
+        if only is not None:
+            wanted = only.get(width, set())
+            keys = zip(windows.service.tolist(), windows.metric_type.tolist(), windows.minute.tolist(), strict=True)
+            windows = windows.take(np.flatnonzero([key in wanted for key in keys]))
+        written += _upsert(windows, width)
+    return written
+
+
+def tiered_from() -> datetime | None:
+    """Tier windows exist from here on (None: none yet); older ranges are read from the minutes."""
+    with connection.cursor() as cur:
+        cur.execute("SELECT tiered_from FROM metrics_rollupstate WHERE id = 1")
+        row = cur.fetchone()
+    return _aware(row[0] if row else None)
+
+
+def _aware(value: Any) -> datetime | None:
+    if isinstance(value, str):
+        value = datetime.fromisoformat(value)
+    if value is not None and value.tzinfo is None:
+        value = value.replace(tzinfo=UTC)  # SQLite stores naive UTC
+    return value
+
+
+def backfill_tiers(span: timedelta = timedelta(hours=6)) -> int:
+    """Build the tier windows of one more `span` of minutes before `tiered_from` (databases rolled up before tiers).
+
+    One short locked transaction per call, like a roll-up chunk; once no
+    minute rollup is older than `tiered_from` a call only reads two values.
+    """
+    since = tiered_from()
+    first = _first_rollup_minute() if since is not None else None
+    if since is None or first is None or since.timestamp() <= first:
+        return 0
+    top = max(TIERS)
+    # The first step ends at `tiered_from` itself (windows that straddle it were built
+    # when they completed); later steps start and end on whole hours.
+    lo = max(_floor_epoch(since - span, top), first // top * top)
+    with transaction.atomic():
+        state = _lock_state()
+        if state.tiered_from != since:
+            return 0  # another process moved it meanwhile; the next pass goes on from there
+        written = build_tiers({w: (lo, _floor_epoch(since, w)) for w in TIERS if lo < _floor_epoch(since, w)})
+        state.tiered_from = from_epoch(lo)
+        state.save(update_fields=["tiered_from"])
+    return written
+
+
+def _first_rollup_minute() -> int | None:
+    with connection.cursor() as cur:
+        # MIN of the bare column: one seek on rollup_minute_idx, not a conversion of every row.
+        cur.execute(f"SELECT {epoch_sql('first')} FROM (SELECT MIN(minute) AS first FROM metrics_rollup) AS m")
+        row = cur.fetchone()
+    return None if row is None or row[0] is None else int(round(row[0]))

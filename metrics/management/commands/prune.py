@@ -17,7 +17,8 @@ class Command(BaseCommand):
         verb = "would delete" if report.dry_run else "deleted"
         self.stdout.write(
             f"rolled up {report.rolled_up} series-minutes; {verb} {report.points_deleted} points "
-            f"(before {report.points_cutoff}), {report.rollups_deleted} rollups (before {report.rollups_cutoff}), "
+            f"(before {report.points_cutoff}), {report.rollups_deleted} rollups and {report.tier_windows_deleted} tier windows "
+            f"(before {report.rollups_cutoff}), "
             f"{report.alerts_deleted} resolved alerts (before {report.alerts_cutoff}), "
             f"{report.series_deleted} series and {report.services_deleted} services with no data left"
         )

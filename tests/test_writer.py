@@ -11,6 +11,7 @@ import asyncio
 import threading
 
 import pytest
+from django.db import OperationalError
 
 from metrics.ingest.writer import ABANDONED, COMMITTING, Abandoned, GroupWriter, wait
 from metrics.models import Service
@@ -131,3 +132,49 @@ def test_abandoning_twice_is_still_abandoned():
     gate.set()
     with pytest.raises(Abandoned):
         job.future.result(WAIT)
+
+
+def test_jobs_submitted_from_one_loop_and_committed_together_wake_it_once():
+    """Each wake-up is a self-pipe write after which the writer waits to win the GIL back: once per group, not per job."""
+    writer = GroupWriter()
+
+    async def clients() -> tuple[list[object], list[object]]:
+        loop = asyncio.get_running_loop()
+        wakes: list[object] = []
+        real = loop.call_soon_threadsafe
+
+        def counting(callback, *args, **kwargs):  # type: ignore[no-untyped-def]
+            wakes.append(callback)
+            return real(callback, *args, **kwargs)
+
+        loop.call_soon_threadsafe = counting  # type: ignore[method-assign]
+        gate, holding = threading.Event(), threading.Event()
+        first = writer.submit(blocked_until, gate, holding)
+        assert holding.wait(WAIT)
+        jobs = [writer.submit(store_service, name) for name in ("a", "a", "b")]
+        gate.set()
+        answers = await asyncio.gather(*(wait(writer, job, WAIT) for job in [first, *jobs]), return_exceptions=True)
+        return answers, wakes
+
+    answers, wakes = asyncio.run(clients())
+    assert answers[:2] == ["released", "a"] and answers[3] == "b"
+    assert "unique" in str(answers[2]).lower()
+    assert len(wakes) == 2  # the gate's group, then the group of three
+    assert stored() == {"a", "b"}
+
+
+def test_jobs_submitted_from_a_loop_hear_that_their_group_failed(monkeypatch):
+    writer = GroupWriter()
+
+    def commit_fails(jobs):  # type: ignore[no-untyped-def]
+        raise OperationalError("disk I/O error")
+
+    monkeypatch.setattr(writer, "_run_group", commit_fails)
+
+    async def client() -> None:
+        job = writer.submit(store_service, "lost")
+        with pytest.raises(OperationalError, match="disk I/O"):
+            await wait(writer, job, WAIT)
+
+    asyncio.run(client())
+    assert stored() == set()

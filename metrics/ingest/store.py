@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import itertools
+import sqlite3
 import threading
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -229,16 +230,26 @@ def digest(rows: list[Row]) -> Digest:
     return Digest(params, series, services, points)
 
 
-@functools.cache
+@functools.lru_cache(maxsize=32)
 def _values_sql(table: str, rows: int) -> str:
     return f"INSERT INTO {table} (timestamp, service, metric_type, value, tags) VALUES " + ",".join(
         ["(?,?,?,?,?)"] * rows
     )
 
 
-# Rows per INSERT statement on SQLite: 5 parameters each, within the 999 that
-# every SQLite build accepts.
-SQLITE_ROWS_PER_INSERT = 199
+# Rows per INSERT statement on SQLite (5 parameters each), when the build allows that many.
+SQLITE_ROWS_PER_INSERT = 1000
+
+
+def statement_sizes(rows: int, most: int) -> list[int]:
+    """Rows per statement: full statements of `most`, the rest in powers of two.
+
+    A connection then prepares at most a dozen distinct INSERTs, whatever the
+    batch sizes, and sqlite3's statement cache keeps them all: preparing a
+    1,000-row INSERT costs more than running it.
+    """
+    rest = rows % most
+    return [most] * (rows // most) + [1 << k for k in reversed(range(rest.bit_length())) if rest >> k & 1]
 
 
 def _insert_points(params: list[tuple[Any, ...]]) -> None:
@@ -252,19 +263,22 @@ def _insert_points(params: list[tuple[Any, ...]]) -> None:
                 for row in params:
                     copy.write_row(row)
             return
-        if connection.vendor == "sqlite" and len(params) > 1:
-            # Multi-row VALUES, a few statements per batch instead of a step per
-            # row: executemany releases and retakes the GIL around every row, and
-            # in the server each retake waits for the event loop or the next
+        if connection.vendor == "sqlite":
+            # Multi-row VALUES, a statement per up to 1,000 rows instead of a step
+            # per row: executemany releases and retakes the GIL around every row,
+            # and in the server each retake waits for the event loop or the next
             # request's validation (up to the switch interval). Straight to the
             # sqlite3 connection: Django's %s -> ? rewrite is a regex over the
-            # whole statement (0.3 ms per 200 rows); errors still arrive as
-            # Django's (wrap_database_errors), as through its cursor.
+            # whole statement (0.3 ms per 200 rows); wrap_database_errors still
+            # turns failures into Django's exceptions, as its cursor does.
             raw = connection.connection
+            most = min(SQLITE_ROWS_PER_INSERT, raw.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER) // 5)
+            start = 0
             with connection.wrap_database_errors:
-                for start in range(0, len(params), SQLITE_ROWS_PER_INSERT):
-                    chunk = params[start : start + SQLITE_ROWS_PER_INSERT]
-                    raw.execute(_values_sql(table, len(chunk)), list(itertools.chain.from_iterable(chunk)))
+                for size in statement_sizes(len(params), most):
+                    chunk = params[start : start + size]
+                    raw.execute(_values_sql(table, size), list(itertools.chain.from_iterable(chunk)))
+                    start += size
             return
         cur.executemany(
             f"INSERT INTO {table} (timestamp, service, metric_type, value, tags) VALUES (%s, %s, %s, %s, %s)", params
@@ -272,18 +286,21 @@ def _insert_points(params: list[tuple[Any, ...]]) -> None:
 
 
 def _touch_services(services: dict[str, list[datetime]]) -> None:
+    if not services:
+        return
     greatest = "MAX" if connection.vendor == "sqlite" else "GREATEST"
     least = "MIN" if connection.vendor == "sqlite" else "LEAST"
     table = _table("metrics_service")
+    # One statement for all of the batch's services (a few), in name order.
     sql = (
-        f"INSERT INTO {table} (name, first_seen, last_seen, series_count) VALUES (%s, %s, %s, 0) "
-        f"ON CONFLICT (name) DO UPDATE SET last_seen = {greatest}({table}.last_seen, excluded.last_seen), "
+        f"INSERT INTO {table} (name, first_seen, last_seen, series_count) VALUES "
+        + ", ".join(["(%s, %s, %s, 0)"] * len(services))
+        + f" ON CONFLICT (name) DO UPDATE SET last_seen = {greatest}({table}.last_seen, excluded.last_seen), "
         f"first_seen = {least}({table}.first_seen, excluded.first_seen)"
     )
+    params = [v for name, (lo, hi) in sorted(services.items()) for v in (name, rollups.db_ts(lo), rollups.db_ts(hi))]
     with connection.cursor() as cur:
-        cur.executemany(
-            sql, [(name, rollups.db_ts(lo), rollups.db_ts(hi)) for name, (lo, hi) in sorted(services.items())]
-        )
+        cur.execute(sql, params)
 
 
 def store(

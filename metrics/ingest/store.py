@@ -197,22 +197,22 @@ def digest(rows: list[Row]) -> Digest:
     params: list[tuple[Any, ...]] = []
     series: dict[tuple[str, str, str], list[Any]] = {}
     points: list[PointDict] = []
-    hashes: dict[bytes, str] = {}  # tags as sent -> tags_hash (equal JSON, equal tags)
+    known_tags: dict[bytes, tuple[str, str]] = {}  # tags JSON as sent -> (tags_hash, text): equal JSON, equal tags
     stamps: dict[datetime, tuple[Any, str]] = {}  # timestamp -> (database spelling, wire spelling)
     add_param, add_point = params.append, points.append
     for ts, service, metric_type, value, tags in rows:
-        raw = dumps(tags) if tags else b"{}"
-        tags_key = hashes.get(raw)
+        raw = dumps(tags)
+        tags_key = known_tags.get(raw)
         if tags_key is None:
-            tags_key = hashes[raw] = tags_hash(tags)
+            tags_key = known_tags[raw] = (tags_hash(tags), raw.decode())
         spelled = stamps.get(ts)
         if spelled is None:
             spelled = stamps[ts] = (rollups.db_ts(ts) if db_text else ts, iso(ts) or "")
-        add_param((spelled[0], service, metric_type, value, raw.decode()))
+        add_param((spelled[0], service, metric_type, value, tags_key[1]))
         add_point(
             {"timestamp": spelled[1], "service": service, "metric_type": metric_type, "value": value, "tags": tags}
         )
-        key = (service, metric_type, tags_key)
+        key = (service, metric_type, tags_key[0])
         span = series.get(key)
         if span is None:
             series[key] = [ts, ts, tags]

@@ -153,7 +153,7 @@ def validate_points(points: list[Any], now: datetime | None = None) -> list[Row]
     newest = now + timedelta(seconds=conf["MAX_FUTURE_SECONDS"])
     oldest = now - timedelta(hours=conf["RAW_RETENTION_HOURS"])
     seen = _Seen(conf)
-    services = seen.services
+    services, tag_keys, tag_values, max_tags = seen.services, seen.keys, seen.values, seen.max_tags
     kinds = KINDS.get
     rows: list[Row] = []
     errors: list[dict[str, Any]] = []
@@ -178,7 +178,7 @@ def validate_points(points: list[Any], now: datetime | None = None) -> list[Row]
             metric_type = None
             errors.append(error_item(index, "metric_type", f"must be one of {', '.join(METRIC_TYPES)}"))
         value = get("value")
-        if isinstance(value, bool) or not isinstance(value, int | float):
+        if value.__class__ is not float and (isinstance(value, bool) or not isinstance(value, int | float)):
             errors.append(error_item(index, "value", "required; must be a number"))
         elif not abs(value) <= MAX_VALUE:  # NaN compares false too
             errors.append(error_item(index, "value", f"must be a finite number with magnitude <= {MAX_VALUE:g}"))
@@ -208,7 +208,14 @@ def validate_points(points: list[Any], now: datetime | None = None) -> list[Row]
                             index, "timestamp", f"older than the raw retention ({conf['RAW_RETENTION_HOURS']:g} h)"
                         )
                     )
-        tags = _validate_tags(get("tags"), index, errors, seen)
+        tags = get("tags")
+        if tags.__class__ is dict and len(tags) <= max_tags:
+            for key, val in tags.items():
+                if key not in tag_keys or val.__class__ is not str or val not in tag_values:
+                    tags = _validate_tags(tags, index, errors, seen)
+                    break
+        else:
+            tags = _validate_tags(tags, index, errors, seen)
         if len(errors) == before:
             append(Row(ts, service, metric_type, value, tags))  # type: ignore[arg-type]
         elif len(errors) >= 100:

@@ -147,7 +147,7 @@ def test_jobs_submitted_from_one_loop_and_committed_together_wake_it_once():
             wakes.append(callback)
             return real(callback, *args, **kwargs)
 
-        loop.call_soon_threadsafe = counting  # type: ignore[method-assign]
+        loop.call_soon_threadsafe = counting  # type: ignore[method-assign,assignment]
         gate, holding = threading.Event(), threading.Event()
         first = writer.submit(blocked_until, gate, holding)
         assert holding.wait(WAIT)

@@ -177,7 +177,7 @@ def validate_points(points: list[Any], now: datetime | None = None) -> list[Row]
         if kind is None:
             metric_type = None
             errors.append(error_item(index, "metric_type", f"must be one of {', '.join(METRIC_TYPES)}"))
-        value = get("value")
+        value: Any = get("value")
         if value.__class__ is not float and (isinstance(value, bool) or not isinstance(value, int | float)):
             errors.append(error_item(index, "value", "required; must be a number"))
         elif not abs(value) <= MAX_VALUE:  # NaN compares false too
@@ -208,7 +208,7 @@ def validate_points(points: list[Any], now: datetime | None = None) -> list[Row]
                             index, "timestamp", f"older than the raw retention ({conf['RAW_RETENTION_HOURS']:g} h)"
                         )
                     )
-        tags = get("tags")
+        tags: Any = get("tags")
         if tags.__class__ is dict and len(tags) <= max_tags:
             for key, val in tags.items():
                 if key not in tag_keys or val.__class__ is not str or val not in tag_values:

@@ -53,13 +53,20 @@ def test_statements_per_batch_come_in_a_dozen_sizes_whatever_the_batch_sizes():
     assert all(sum(statement_sizes(n, 1000)) == n for n in range(3001))
 
 
-@pytest.mark.skipif(connection.vendor != "sqlite", reason="the trigger is SQLite's")
-def test_a_batch_the_database_refuses_raises_djangos_integrity_error_and_stores_nothing(frozen):
+def refuse_values_over(limit: int) -> None:
+    """Make the database itself refuse some rows: a trigger on SQLite, a CHECK constraint on PostgreSQL."""
     with connection.cursor() as cur:
-        cur.execute(
-            "CREATE TRIGGER refuse_points BEFORE INSERT ON metrics_point WHEN NEW.value > 90 "
-            "BEGIN SELECT RAISE(ABORT, 'refused'); END"
-        )
+        if connection.vendor == "sqlite":
+            cur.execute(
+                f"CREATE TRIGGER refuse_points BEFORE INSERT ON metrics_point WHEN NEW.value > {limit} "
+                "BEGIN SELECT RAISE(ABORT, 'refused'); END"
+            )
+        else:
+            cur.execute(f"ALTER TABLE metrics_point ADD CONSTRAINT refuse_points CHECK (value <= {limit})")
+
+
+def test_a_batch_the_database_refuses_raises_djangos_integrity_error_and_stores_nothing(frozen):
+    refuse_values_over(90)
     with pytest.raises(IntegrityError):
         store(rows(200), now=NOW)
     assert Point.objects.count() == 0

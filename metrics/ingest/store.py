@@ -258,8 +258,9 @@ def _insert_points(params: list[tuple[Any, ...]]) -> None:
         if connection.vendor == "postgresql" and len(params) > 1:
             # COPY streams the whole batch in one round trip: PostgreSQL's
             # fastest bulk path, same rows and same transaction as the INSERT.
+            # On the driver's cursor, so its errors are made Django's here.
             copy_sql = f"COPY {table} (timestamp, service, metric_type, value, tags) FROM STDIN"
-            with cur.cursor.copy(copy_sql) as copy:
+            with connection.wrap_database_errors, cur.cursor.copy(copy_sql) as copy:
                 for row in params:
                     copy.write_row(row)
             return

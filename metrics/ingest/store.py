@@ -1,4 +1,4 @@
-"""Store a validated batch: one transaction, executemany inserts, alerts, late rollups.
+"""Store a validated batch: one transaction, multi-row inserts (COPY on PostgreSQL), alerts, late rollups.
 
 Every ingestion path (JSON API, OTLP, the demo generator in process) ends here,
 so alerts, rollup corrections and broadcasts behave the same for all of them.

@@ -11,15 +11,16 @@ from __future__ import annotations
 
 import math
 import re
-from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, TypedDict
+from typing import Any, NamedTuple, TypedDict
 
 SERVICE_RE = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 
 
-@dataclass(frozen=True, slots=True)
-class Row:
+class Row(NamedTuple):
+    """A validated point. Immutable; a named tuple because a batch builds a thousand of them
+    per request and a frozen dataclass's __init__ cost three times as much."""
+
     timestamp: datetime
     service: str
     metric_type: str

@@ -302,3 +302,21 @@ def test_a_breach_racing_another_instance_joins_its_firing_alert(monkeypatch):
     assert outcome.breached == [alert]
     assert (alert.breach_count, alert.latest_value, alert.severity) == (2, 1500, "critical")
     assert "critical" in alert.message
+
+
+def test_one_breaching_point_among_healthy_ones_opens_the_alert_at_that_point():
+    evaluate([row(100, at=0), row(700, at=1), row(100, at=2)])
+    alert = Alert.objects.get()
+    assert (alert.value, alert.started_at) == (700, T0 + timedelta(seconds=1))
+
+
+def test_one_low_throughput_point_among_healthy_ones_opens_the_below_alert():
+    evaluate(
+        [
+            row(150, at=0, metric_type="throughput"),
+            row(80, at=1, metric_type="throughput"),
+            row(150, at=2, metric_type="throughput"),
+        ]
+    )
+    alert = Alert.objects.get()
+    assert (alert.direction, alert.value, alert.started_at) == ("below", 80, T0 + timedelta(seconds=1))

@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 import pytest
-from django.db import connection
+from django.db import OperationalError, connection
 
 from metrics import stats
 from metrics.ingest import writer as process_writer
@@ -226,3 +226,49 @@ def test_a_group_stops_at_max_group_jobs_and_the_rest_form_the_next():
     gate.set()
     # After the holding group (1): MAX_GROUP_JOBS in one group, the two left over in the next.
     assert [job.future.result(WAIT) for job in jobs] == [1] * MAX_GROUP_JOBS + [2, 2]
+
+
+def test_jobs_submitted_from_one_loop_and_committed_together_wake_it_once():
+    """Each wake-up is a self-pipe write after which the writer waits to win the GIL back: once per group, not per job."""
+    writer = GroupWriter()
+
+    async def clients() -> tuple[list[object], list[object]]:
+        loop = asyncio.get_running_loop()
+        wakes: list[object] = []
+        real = loop.call_soon_threadsafe
+
+        def counting(callback, *args, **kwargs):  # type: ignore[no-untyped-def]
+            wakes.append(callback)
+            return real(callback, *args, **kwargs)
+
+        loop.call_soon_threadsafe = counting  # type: ignore[method-assign,assignment]
+        gate, holding = threading.Event(), threading.Event()
+        first = writer.submit(blocked_until, gate, holding)
+        assert holding.wait(WAIT)
+        jobs = [writer.submit(store_service, name) for name in ("a", "a", "b")]
+        gate.set()
+        answers = await asyncio.gather(*(wait(writer, job, WAIT) for job in [first, *jobs]), return_exceptions=True)
+        return answers, wakes
+
+    answers, wakes = asyncio.run(clients())
+    assert answers[:2] == ["released", "a"] and answers[3] == "b"
+    assert "unique" in str(answers[2]).lower()
+    assert len(wakes) == 2  # the gate's group, then the group of three
+    assert stored() == {"a", "b"}
+
+
+def test_jobs_submitted_from_a_loop_hear_that_their_group_failed(monkeypatch):
+    writer = GroupWriter()
+
+    def commit_fails(jobs):  # type: ignore[no-untyped-def]
+        raise OperationalError("disk I/O error")
+
+    monkeypatch.setattr(writer, "_run_group", commit_fails)
+
+    async def client() -> None:
+        job = writer.submit(store_service, "lost")
+        with pytest.raises(OperationalError, match="disk I/O"):
+            await wait(writer, job, WAIT)
+
+    asyncio.run(client())
+    assert stored() == set()

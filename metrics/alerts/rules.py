@@ -141,25 +141,34 @@ def evaluate(rows: Iterable[Row]) -> AlertOutcome:
 
     # Decide which series matter before touching the database: a series needs
     # work if any point breaches, or if it may have a firing alert to update.
-    interesting: dict[tuple[str, str], tuple[Threshold, list[tuple[Row, str | None]]]] = {}
+    # A series breaches iff its most extreme value does (severity is monotone
+    # in the value), so the common healthy batch is judged on one value per
+    # series; every point is graded below as soon as there is work to do.
+    thresholds: dict[tuple[str, str], Threshold] = {}
     any_breach = False
     for key, series_rows in by_series.items():
         threshold = rules.get(*key)
         if _disabled(threshold):
             continue
-        series_rows.sort(key=lambda r: r.timestamp)
-        graded = [(r, threshold.severity(r.value)) for r in series_rows]
-        any_breach = any_breach or any(sev for _, sev in graded)
-        interesting[key] = (threshold, graded)
+        thresholds[key] = threshold
+        if not any_breach:
+            values = [r.value for r in series_rows]
+            extreme = min(values) if threshold.direction == AlertRule.BELOW else max(values)
+            any_breach = threshold.severity(extreme) is not None
 
     outcome = AlertOutcome()
-    if not interesting:
+    if not thresholds:
         return outcome
-    services = {service for service, _ in interesting}
+    services = {service for service, _ in thresholds}
     if not any_breach and not _any_firing(services):
         # The common case (healthy points, nothing firing) costs one indexed
         # plain-SQL probe instead of an ORM query with row locks.
         return outcome
+    interesting: dict[tuple[str, str], tuple[Threshold, list[tuple[Row, str | None]]]] = {}
+    for key, threshold in thresholds.items():
+        series_rows = by_series[key]
+        series_rows.sort(key=lambda r: r.timestamp)
+        interesting[key] = (threshold, [(r, threshold.severity(r.value)) for r in series_rows])
     firing_qs = Alert.objects.firing().filter(kind=Alert.THRESHOLD, service__in=services)
     # Row locks serialise two instances updating the same alert (PostgreSQL);
     # SQLite's IMMEDIATE transactions already serialise writers.

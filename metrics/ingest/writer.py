@@ -18,6 +18,7 @@ fails with that error and its client gets a 503.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import queue
 import threading
@@ -45,14 +46,22 @@ QUEUED, RUNNING, COMMITTING, DONE, ABANDONED = "queued", "running", "committing"
 
 
 class _Job:
-    __slots__ = ("func", "args", "future", "weight", "state")
+    __slots__ = ("func", "args", "future", "weight", "state", "waiter")
 
-    def __init__(self, func: Callable[..., Any], args: tuple[Any, ...], weight: int) -> None:
+    def __init__(
+        self,
+        func: Callable[..., Any],
+        args: tuple[Any, ...],
+        weight: int,
+        loop: asyncio.AbstractEventLoop | None = None,
+    ) -> None:
         self.func = func
         self.args = args
         self.future: Future[Any] = Future()
         self.weight = weight
         self.state = QUEUED
+        # The future a coroutine awaits on `loop`: _wake hands it the outcome, one loop wake-up per group.
+        self.waiter: asyncio.Future[Any] | None = loop.create_future() if loop is not None else None
 
 
 class Abandoned(Exception):
@@ -76,8 +85,13 @@ class GroupWriter:
         """Run func(*args) inside the next group's transaction; the future resolves after COMMIT.
 
         `weight` (the request's body size) bounds how much one transaction holds.
+        Submitted from a coroutine, the job's `waiter` resolves on its loop too.
         """
-        job = _Job(func, args, weight)
+        try:
+            loop: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+        except RuntimeError:
+            loop = None
+        job = _Job(func, args, weight, loop)
         self._ensure_thread()
         self._queue.put(job)
         return job
@@ -136,7 +150,10 @@ class GroupWriter:
                 if connection.in_atomic_block:  # pragma: no cover - atomic() always unwinds
                     log.error("ingest writer left a transaction open")
                 if not isinstance(exc, Exception):
+                    _wake(group)
                     raise
+            # Every job of the group has its outcome now.
+            _wake(group)
 
     def _commit_group(self, group: list[_Job]) -> None:
         jobs = group
@@ -191,6 +208,36 @@ class GroupWriter:
         return outcomes
 
 
+def _wake(jobs: list[_Job]) -> None:
+    """Hand finished jobs' outcomes to the loops awaiting them: one call_soon_threadsafe per loop, not per job.
+
+    Each call wakes the loop through its self-pipe, a syscall after which this
+    thread must win the GIL back from the loop or from a request being
+    validated. Once per job (asyncio.wrap_future), that wait was a quarter of
+    the writer thread's time under figure 2's load (docs/performance.md).
+    """
+    by_loop: dict[asyncio.AbstractEventLoop, list[_Job]] = {}
+    for job in jobs:
+        if job.waiter is not None:
+            by_loop.setdefault(job.waiter.get_loop(), []).append(job)
+    for loop, waiting in by_loop.items():
+        with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits any more
+            loop.call_soon_threadsafe(_deliver, waiting)
+
+
+def _deliver(jobs: list[_Job]) -> None:
+    """On the loop: copy each job's outcome into the future its coroutine awaits."""
+    for job in jobs:
+        waiter = job.waiter
+        if waiter is None or waiter.done():
+            continue
+        exc = job.future.exception(timeout=0)
+        if exc is None:
+            waiter.set_result(job.future.result(timeout=0))
+        else:
+            waiter.set_exception(exc)
+
+
 writer = GroupWriter()
 
 
@@ -222,7 +269,7 @@ def write_now(func: Callable[..., Any], *args: Any) -> Any:
 
 async def wait(group_writer: GroupWriter, job: _Job, timeout: float) -> Any:
     """The job's answer, or TimeoutError once it is certain never to commit."""
-    outcome = asyncio.wrap_future(job.future)
+    outcome = job.waiter if job.waiter is not None else asyncio.wrap_future(job.future)
     try:
         return await asyncio.wait_for(asyncio.shield(outcome), timeout)
     except TimeoutError:

@@ -127,6 +127,15 @@ async def test_a_client_that_stops_reading_gets_a_lag_notice_and_the_newest_poin
                 started = time.monotonic()
                 for value in range(requests):
                     await post_batch(http, service, float(value))
+                    # Paced by the reader: the next batch goes once this one has reached it, so the
+                    # reader's outbox can never overflow however loaded the machine is, and any lag
+                    # the stuck client sees is its own backpressure.
+                    async with asyncio.timeout(60):
+                        while got + reader_lag < (value + 1) * PER_REQUEST:
+                            if task.done():
+                                task.result()  # the reader failed: raise its error here
+                                raise AssertionError("the reading client's stream ended")
+                            await asyncio.sleep(0.01)
                 stuck_for = time.monotonic() - started
                 # The stuck client reads again at once (daphne's keepalive drops a client silent for ~50 s):
                 # what was in flight, then the notice, then the newest points.
@@ -138,9 +147,6 @@ async def test_a_client_that_stops_reading_gets_a_lag_notice_and_the_newest_poin
                             dropped += frame["dropped"]
                         elif frame["type"] == "metrics":
                             values.extend(p["value"] for p in frame["data"])
-                async with asyncio.timeout(120):
-                    while got < requests * PER_REQUEST:
-                        await asyncio.sleep(0.05)
             finally:
                 task.cancel()
             # The reading client kept up: its outbox never overflowed, so the stuck client's lag is backpressure.

@@ -17,11 +17,18 @@ from metrics.alerts import silences as alert_silences
 from metrics.models import Alert
 from metrics.series import rollups
 
-BATCH = 5_000
-# Pause between delete batches. SQLite has one writer: a loop that starts its
-# next transaction right after committing starves ingests waiting on the busy
-# handler, so each batch leaves the lock free long enough for them to take it.
-YIELD_SECONDS = 0.03
+# Default rows per delete batch; PRUNE_BATCH_ROWS in settings.TELEMETRY sets it.
+BATCH = 1_000
+# Between two delete batches the lock stays free at least as long as the last
+# batch held it (the batch's own duration), within these bounds. SQLite has one
+# writer, and an ingest waiting for it sits in SQLite's busy handler, which
+# polls with sleeps that grow with the time already waited (1, 2, 5, 10, 15,
+# 20, 25 ... 100 ms): a writer that has waited for one batch polls again within
+# about one batch's time, so a pause as long as the batch always lets it in.
+# A loop that started its next transaction right after committing (or paused
+# for less than the poll interval) starved those ingests for whole seconds.
+MIN_PAUSE_SECONDS = 0.005
+MAX_PAUSE_SECONDS = 0.25
 # A series or service is deleted only when its last point is older than the
 # retention by this margin. It exceeds the minute for which an ingesting
 # process trusts a row it wrote (ingest.TRUST) plus the minute Series.last_seen
@@ -61,21 +68,47 @@ def _count(table: str, column: str, before: datetime, extra: str = "") -> int:
         return int(cur.fetchone()[0])
 
 
+def batch_rows() -> int:
+    # At most 10,000: each id is one parameter of the DELETE.
+    return min(int(settings.TELEMETRY.get("PRUNE_BATCH_ROWS", BATCH)), 10_000)
+
+
+def _pause(held: float) -> None:
+    """Between two delete batches, with no transaction open: let waiting writers in."""
+    if connection.vendor == "sqlite":
+        time.sleep(min(max(held, MIN_PAUSE_SECONDS), MAX_PAUSE_SECONDS))
+    # PostgreSQL locks rows, not the database: ingest inserts never wait for a delete.
+
+
 def _delete_batched(table: str, column: str, before: datetime, extra: str = "") -> int:
-    """Delete in short transactions so concurrent ingestion keeps getting the write lock."""
+    """Delete rows with `column < before` in batches of batch_rows(), each its own short transaction.
+
+    A batch's ids are read first, outside any transaction (on SQLite a read
+    takes no lock), in `column` order through its index, so late-arriving old
+    rows (high ids, old timestamps) go as well as appended ones. The DELETE
+    repeats the condition, so a batch can only remove rows that are past
+    retention. Between batches no lock is held (see _pause).
+    """
+    size = batch_rows()
+    cutoff = rollups.db_ts(before)
+    select = f"SELECT id FROM {table} WHERE {column} < %s {extra} ORDER BY {column} LIMIT {size}"
     total = 0
-    sql = (
-        f"DELETE FROM {table} WHERE id IN "
-        f"(SELECT id FROM {table} WHERE {column} < %s {extra} ORDER BY {column} LIMIT {BATCH})"
-    )
     while True:
-        with transaction.atomic(), connection.cursor() as cur:
-            cur.execute(sql, [rollups.db_ts(before)])
-            deleted = cur.rowcount
-        total += max(deleted, 0)
-        if deleted < BATCH:
+        with connection.cursor() as cur:
+            cur.execute(select, [cutoff])
+            ids = [row[0] for row in cur.fetchall()]
+        if not ids:
             return total
-        time.sleep(YIELD_SECONDS)
+        started = time.monotonic()
+        with transaction.atomic(), connection.cursor() as cur:
+            cur.execute(
+                f"DELETE FROM {table} WHERE id IN ({', '.join(['%s'] * len(ids))}) AND {column} < %s {extra}",
+                [*ids, cutoff],
+            )
+            total += max(cur.rowcount, 0)
+        if len(ids) < size:
+            return total
+        _pause(time.monotonic() - started)
 
 
 def _no_data(alias: str, kind: str, since: datetime | None) -> str:

@@ -114,13 +114,16 @@ def _delete_batched(table: str, column: str, before: datetime, extra: str = "") 
 def _no_data(alias: str, kind: str, since: datetime | None) -> str:
     """SQL: no raw point, histogram bucket or rollup left for the series or service row `alias`.
 
-    With `since` (a dry run, before anything is deleted) data older than the
-    cutoffs counts as gone already, as it will after the real run.
+    With `since` (a dry run, before anything is deleted or rolled up) data
+    counts as it will after the real run: a raw point or histogram bucket
+    whose minute is inside the rollup retention leaves data behind (itself, or
+    the rollup the real run's roll-up makes of it before deleting it), and
+    older data is gone.
     """
     clauses = []
     for table, column, cutoff in (
-        ("metrics_point", "timestamp", "raw_since"),
-        ("metrics_sketchcontribution", "minute", "raw_since"),
+        ("metrics_point", "timestamp", "rolled_since"),
+        ("metrics_sketchcontribution", "minute", "rolled_since"),
         ("metrics_rollup", "minute", "rollup_since"),
     ):
         if kind == "series":
@@ -157,8 +160,11 @@ def prune_series(points_cut: datetime, rollups_cut: datetime, dry_run: bool = Fa
     params = {
         "idle": rollups.db_ts(points_cut - IDLE_MARGIN),
         "expired": rollups.db_ts(rollups_cut - IDLE_MARGIN),
-        "raw_since": rollups.db_ts(points_cut),
         "rollup_since": rollups.db_ts(rollups_cut),
+        # The first minute whose rollup is kept: raw data from here on leaves a rollup.
+        "rolled_since": rollups.db_ts(
+            rollups.floor_minute(rollups_cut - timedelta(microseconds=1)) + timedelta(minutes=1)
+        ),
     }
     since = points_cut if dry_run else None
     with transaction.atomic(), connection.cursor() as cur:

@@ -146,6 +146,27 @@ def test_dry_run_agrees_with_the_real_run_in_batches(small_batches, pauses):
     assert len(calls) >= 4  # several batches of points, rollups and alerts
 
 
+def busy_handler_attempts(until_ms: float) -> list[float]:
+    """When a writer blocked on SQLite's lock tries again, in ms after it first found it taken."""
+    times, elapsed = [0.0], 0.0
+    sleeps = iter(retention.BUSY_HANDLER_SLEEPS_MS)
+    while elapsed < until_ms:
+        elapsed += next(sleeps, 100)
+        times.append(elapsed)
+    return times
+
+
+def test_the_pause_after_a_batch_always_contains_a_waiting_writers_next_attempt():
+    # A writer that found the lock taken at any moment of a batch that held it
+    # for `held` ms tries again during the pause that follows, never only after
+    # the next batch has taken the lock again.
+    attempts = busy_handler_attempts(2000)
+    for held in np.arange(0.5, 400, 0.5):
+        pause = retention.busy_poll_interval(held / 1000) * 1000
+        for waited in np.arange(0.25, held + 0.25, 0.25):
+            assert any(waited <= t < waited + pause for t in attempts), (held, waited, pause)
+
+
 # --- Ingest during a prune, on a live server --------------------------------------------
 
 PRUNE_SCRIPT = r"""

@@ -19,16 +19,14 @@ from metrics.series import rollups
 
 # Default rows per delete batch; PRUNE_BATCH_ROWS in settings.TELEMETRY sets it.
 BATCH = 1_000
-# Between two delete batches the lock stays free at least as long as the last
-# batch held it (the batch's own duration), within these bounds. SQLite has one
-# writer, and an ingest waiting for it sits in SQLite's busy handler, which
-# polls with sleeps that grow with the time already waited (1, 2, 5, 10, 15,
-# 20, 25 ... 100 ms): a writer that has waited for one batch polls again within
-# about one batch's time, so a pause as long as the batch always lets it in.
-# A loop that started its next transaction right after committing (or paused
-# for less than the poll interval) starved those ingests for whole seconds.
-MIN_PAUSE_SECONDS = 0.005
-MAX_PAUSE_SECONDS = 0.25
+# SQLite has one writer. An ingest that finds the write lock taken waits in
+# SQLite's busy handler, which sleeps these many milliseconds in turn between
+# attempts (sqliteDefaultBusyCallback), then 100 ms at a time. A prune that
+# starts its next batch before a waiting writer's next attempt starves it: with
+# 5,000-row batches and 30 ms pauses, ingests waited up to 2.4 s (figure 6).
+BUSY_HANDLER_SLEEPS_MS = (1, 2, 5, 10, 15, 20, 25, 25, 25, 50, 50)
+# Added to each pause for the waiting thread to be scheduled.
+PAUSE_SLACK_SECONDS = 0.002
 # A series or service is deleted only when its last point is older than the
 # retention by this margin. It exceeds the minute for which an ingesting
 # process trusts a row it wrote (ingest.TRUST) plus the minute Series.last_seen
@@ -73,10 +71,25 @@ def batch_rows() -> int:
     return min(int(settings.TELEMETRY.get("PRUNE_BATCH_ROWS", BATCH)), 10_000)
 
 
+def busy_poll_interval(waited: float) -> float:
+    """The longest SQLite's busy handler can sleep before its next attempt, for a writer that has waited `waited` s.
+
+    A writer that started waiting during a batch has waited at most as long as
+    the batch held the lock; a pause this long after the batch therefore always
+    contains one of its attempts, and it gets the lock before the next batch.
+    """
+    elapsed = 0
+    for sleep in BUSY_HANDLER_SLEEPS_MS:
+        elapsed += sleep
+        if waited * 1000 < elapsed:
+            return sleep / 1000
+    return 0.1
+
+
 def _pause(held: float) -> None:
     """Between two delete batches, with no transaction open: let waiting writers in."""
     if connection.vendor == "sqlite":
-        time.sleep(min(max(held, MIN_PAUSE_SECONDS), MAX_PAUSE_SECONDS))
+        time.sleep(busy_poll_interval(held) + PAUSE_SLACK_SECONDS)
     # PostgreSQL locks rows, not the database: ingest inserts never wait for a delete.
 
 

@@ -339,7 +339,7 @@ TELEMETRY: dict[str, Any] = {
     "ROLLUP_INTERVAL_SECONDS": envint("ROLLUP_INTERVAL_SECONDS", 15, 1),
     "PRUNE_INTERVAL_SECONDS": envint("PRUNE_INTERVAL_SECONDS", 600, 1),
     # Rows per retention delete batch, each its own short transaction; on SQLite
-    # the write lock is left free between batches as long as a batch held it.
+    # the write lock is left free between batches until a waiting ingest can take it.
     "PRUNE_BATCH_ROWS": envint("PRUNE_BATCH_ROWS", 1000, 1),
     "REQUIRE_API_KEY": envbool("REQUIRE_API_KEY", not DEBUG),
     "DASHBOARD_REQUIRE_LOGIN": envbool("DASHBOARD_REQUIRE_LOGIN", False),

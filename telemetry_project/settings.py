@@ -338,6 +338,9 @@ TELEMETRY: dict[str, Any] = {
     "SCHEDULER_ENABLED": envbool("TELEMETRY_SCHEDULER", True),
     "ROLLUP_INTERVAL_SECONDS": envint("ROLLUP_INTERVAL_SECONDS", 15, 1),
     "PRUNE_INTERVAL_SECONDS": envint("PRUNE_INTERVAL_SECONDS", 600, 1),
+    # Rows per retention delete batch, each its own short transaction; on SQLite
+    # the write lock is left free between batches until a waiting ingest can take it.
+    "PRUNE_BATCH_ROWS": envint("PRUNE_BATCH_ROWS", 1000, 1),
     "REQUIRE_API_KEY": envbool("REQUIRE_API_KEY", not DEBUG),
     "DASHBOARD_REQUIRE_LOGIN": envbool("DASHBOARD_REQUIRE_LOGIN", False),
     "MAX_SERIES_PER_SERVICE": envint("MAX_SERIES_PER_SERVICE", 1000, 1),

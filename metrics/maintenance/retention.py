@@ -19,11 +19,16 @@ from metrics.alerts import silences as alert_silences
 from metrics.models import Alert
 from metrics.series import rollups
 
-BATCH = 5_000
-# Pause between delete batches. SQLite has one writer: a loop that starts its
-# next transaction right after committing starves ingests waiting on the busy
-# handler, so each batch leaves the lock free long enough for them to take it.
-YIELD_SECONDS = 0.03
+# Default rows per delete batch; PRUNE_BATCH_ROWS in settings.TELEMETRY sets it.
+BATCH = 1_000
+# SQLite has one writer. An ingest that finds the write lock taken waits in
+# SQLite's busy handler, which sleeps these many milliseconds in turn between
+# attempts (sqliteDefaultBusyCallback), then 100 ms at a time. A prune that
+# starts its next batch before a waiting writer's next attempt starves it: with
+# 5,000-row batches and 30 ms pauses, ingests waited up to 2.4 s (figure 6).
+BUSY_HANDLER_SLEEPS_MS = (1, 2, 5, 10, 15, 20, 25, 25, 25, 50, 50)
+# Added to each pause for the waiting thread to be scheduled.
+PAUSE_SLACK_SECONDS = 0.002
 # A series or service is deleted only when its last point is older than the
 # retention by this margin. It exceeds the minute for which an ingesting
 # process trusts a row it wrote (ingest.TRUST) plus the minute Series.last_seen
@@ -64,33 +69,77 @@ def _count(table: str, column: str, before: datetime, extra: str = "") -> int:
         return int(cur.fetchone()[0])
 
 
+def batch_rows() -> int:
+    # At most 10,000: each id is one parameter of the DELETE.
+    return min(int(settings.TELEMETRY.get("PRUNE_BATCH_ROWS", BATCH)), 10_000)
+
+
+def busy_poll_interval(waited: float) -> float:
+    """The longest SQLite's busy handler can sleep before its next attempt, for a writer that has waited `waited` s.
+
+    A writer that started waiting during a batch has waited at most as long as
+    the batch held the lock; a pause this long after the batch therefore always
+    contains one of its attempts, and it gets the lock before the next batch.
+    """
+    elapsed = 0
+    for sleep in BUSY_HANDLER_SLEEPS_MS:
+        elapsed += sleep
+        if waited * 1000 < elapsed:
+            return sleep / 1000
+    return 0.1
+
+
+def _pause(held: float) -> None:
+    """Between two delete batches, with no transaction open: let waiting writers in."""
+    if connection.vendor == "sqlite":
+        time.sleep(busy_poll_interval(held) + PAUSE_SLACK_SECONDS)
+    # PostgreSQL locks rows, not the database: ingest inserts never wait for a delete.
+
+
 def _delete_batched(table: str, column: str, before: datetime, extra: str = "") -> int:
-    """Delete in short transactions so concurrent ingestion keeps getting the write lock."""
+    """Delete rows with `column < before` in batches of batch_rows(), each its own short transaction.
+
+    A batch's ids are read first, outside any transaction (on SQLite a read
+    takes no lock), in `column` order through its index, so late-arriving old
+    rows (high ids, old timestamps) go as well as appended ones. The DELETE
+    repeats the condition, so a batch can only remove rows that are past
+    retention. Between batches no lock is held (see _pause).
+    """
+    size = batch_rows()
+    cutoff = rollups.db_ts(before)
+    select = f"SELECT id FROM {table} WHERE {column} < %s {extra} ORDER BY {column} LIMIT {size}"
     total = 0
-    sql = (
-        f"DELETE FROM {table} WHERE id IN "
-        f"(SELECT id FROM {table} WHERE {column} < %s {extra} ORDER BY {column} LIMIT {BATCH})"
-    )
     while True:
-        with transaction.atomic(), connection.cursor() as cur:
-            cur.execute(sql, [rollups.db_ts(before)])
-            deleted = cur.rowcount
-        total += max(deleted, 0)
-        if deleted < BATCH:
+        with connection.cursor() as cur:
+            cur.execute(select, [cutoff])
+            ids = [row[0] for row in cur.fetchall()]
+        if not ids:
             return total
-        time.sleep(YIELD_SECONDS)
+        started = time.monotonic()
+        with transaction.atomic(), connection.cursor() as cur:
+            cur.execute(
+                f"DELETE FROM {table} WHERE id IN ({', '.join(['%s'] * len(ids))}) AND {column} < %s {extra}",
+                [*ids, cutoff],
+            )
+            total += max(cur.rowcount, 0)
+        if len(ids) < size:
+            return total
+        _pause(time.monotonic() - started)
 
 
 def _no_data(alias: str, kind: str, since: datetime | None) -> str:
     """SQL: no raw point, histogram bucket or rollup left for the series or service row `alias`.
 
-    With `since` (a dry run, before anything is deleted) data older than the
-    cutoffs counts as gone already, as it will after the real run.
+    With `since` (a dry run, before anything is deleted or rolled up) data
+    counts as it will after the real run: a raw point or histogram bucket
+    whose minute is inside the rollup retention leaves data behind (itself, or
+    the rollup the real run's roll-up makes of it before deleting it), and
+    older data is gone.
     """
     clauses = []
     for table, column, cutoff in (
-        ("metrics_point", "timestamp", "raw_since"),
-        ("metrics_sketchcontribution", "minute", "raw_since"),
+        ("metrics_point", "timestamp", "rolled_since"),
+        ("metrics_sketchcontribution", "minute", "rolled_since"),
         ("metrics_rollup", "minute", "rollup_since"),
     ):
         if kind == "series":
@@ -127,8 +176,11 @@ def prune_series(points_cut: datetime, rollups_cut: datetime, dry_run: bool = Fa
     params = {
         "idle": rollups.db_ts(points_cut - IDLE_MARGIN),
         "expired": rollups.db_ts(rollups_cut - IDLE_MARGIN),
-        "raw_since": rollups.db_ts(points_cut),
         "rollup_since": rollups.db_ts(rollups_cut),
+        # The first minute whose rollup is kept: raw data from here on leaves a rollup.
+        "rolled_since": rollups.db_ts(
+            rollups.floor_minute(rollups_cut - timedelta(microseconds=1)) + timedelta(minutes=1)
+        ),
     }
     since = points_cut if dry_run else None
     with transaction.atomic(), connection.cursor() as cur:

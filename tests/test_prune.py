@@ -138,8 +138,8 @@ def test_no_minute_is_lost_at_the_retention_edge(frozen, telemetry):
     assert Rollup.objects.get(minute=edge_minute).count == 3
 
 
-def test_deletes_run_in_batches(frozen, monkeypatch):
-    monkeypatch.setattr(retention, "BATCH", 3)
+def test_deletes_run_in_batches(frozen, telemetry):
+    telemetry(PRUNE_BATCH_ROWS=3)
     for i in range(10):
         put(NOW - timedelta(hours=30, minutes=i))
     assert retention.prune().points_deleted == 10

@@ -41,7 +41,7 @@ from telemetry_project.asgi import application
 from tests.faultkit import OwnRedis
 from tests.live import LiveServer
 from tests.services import require_service
-from tests.support.ws import next_frame, subscribe
+from tests.support.ws import metric_values, next_frame, subscribe
 
 # A point of ~3 KB: a few thousand of them fill any socket buffer between server and client.
 BIG_TAGS = {f"k{i}": "x" * 250 for i in range(12)}
@@ -239,22 +239,6 @@ def redis_stack(tmp_path):
             yield server, redis
     finally:
         redis.stop()
-
-
-async def metric_values(ws, timeout: float) -> list[float]:
-    """Values of metric frames arriving within `timeout` (stops at the first quiet second after one)."""
-    values: list[float] = []
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            frame = orjson.loads(await asyncio.wait_for(ws.recv(), 1.0))
-        except TimeoutError:
-            if values:
-                break
-            continue
-        if frame["type"] == "metrics":
-            values.extend(p["value"] for p in frame["data"])
-    return values
 
 
 @pytest.mark.live

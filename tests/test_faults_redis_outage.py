@@ -25,6 +25,7 @@ from tests.faultkit import OwnRedis
 from tests.live import LiveServer
 from tests.pgtools import PG_URL, count, dedicated_database, reachable
 from tests.services import require_service
+from tests.support.ws import metric_values
 
 pytestmark = [pytest.mark.live, pytest.mark.slow, pytest.mark.postgres]
 
@@ -63,29 +64,13 @@ async def _open(server: LiveServer, service: str):  # type: ignore[no-untyped-de
     return ws
 
 
-async def _metric_values(ws, timeout: float) -> list[float]:  # type: ignore[no-untyped-def]
-    """Values of the metric frames that arrive within `timeout` (stops at the first quiet second)."""
-    values: list[float] = []
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            frame = orjson.loads(await asyncio.wait_for(ws.recv(), 1.0))
-        except TimeoutError:
-            if values:
-                break
-            continue
-        if frame["type"] == "metric":
-            values.append(frame["data"]["value"])
-    return values
-
-
 async def test_ingestion_survives_a_redis_outage_and_streaming_resumes(stack):
     server, redis, db_url = stack
     service = f"redis-{uuid.uuid4().hex[:8]}"
     async with httpx.AsyncClient(base_url=server.url, timeout=30) as http:
         ws = await _open(server, service)
         assert (await http.post("/metrics/ingest", json=_point(service, 1.0))).status_code == 200
-        assert 1.0 in await _metric_values(ws, 15)
+        assert 1.0 in await metric_values(ws, 15)
 
         redis.stop()
         # A dead channel layer must not hold up the answer (the client's 30 s
@@ -112,7 +97,7 @@ async def test_ingestion_survives_a_redis_outage_and_streaming_resumes(stack):
             value += 1
             assert (await http.post("/metrics/ingest", json=_point(service, value))).status_code == 200
             try:
-                received = [v for v in await _metric_values(ws, 2) if v > 50]
+                received = [v for v in await metric_values(ws, 2) if v > 50]
             except websockets.ConnectionClosed:
                 ws = await _open(server, service)  # a client reconnects, as the dashboard does
         await ws.close()

@@ -64,3 +64,26 @@ async def subscribe(ws: Any, timeout: float = WAIT_SECONDS, **fields: Any) -> di
     """Send a subscribe action (`services=[...]`, `metric_types=[...]`, `batch=True`) and return the `subscribed` reply."""
     await ws.send(orjson.dumps({"action": "subscribe", **fields}).decode())
     return await next_of_type(ws, "subscribed", timeout)
+
+
+async def metric_values(ws: Any, timeout: float) -> list[float]:
+    """Values of the point frames (`metric` one by one, `metrics` batched) arriving within `timeout`.
+
+    Stops at the first quiet second after a value: for streams that recover,
+    where the test asks "do points flow again", not "how many".
+    """
+    values: list[float] = []
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while loop.time() < deadline:
+        try:
+            frame = orjson.loads(await asyncio.wait_for(ws.recv(), 1.0))
+        except TimeoutError:
+            if values:
+                break
+            continue
+        if frame["type"] == "metric":
+            values.append(frame["data"]["value"])
+        elif frame["type"] == "metrics":
+            values.extend(p["value"] for p in frame["data"])
+    return values

@@ -119,18 +119,19 @@ class Writer:
 
     def rollups(self, summaries: Any) -> int:
         rows = summaries.records(self.ts)
-        sql = "INSERT INTO metrics_rollup (service, metric_type, minute, count, sum, min, max, sketch) VALUES (%s, %s, %s, %s, %s, %s, %s, %s)"
-        if self.sqlite:
-            self.conn.executemany(sql.replace("%s", "?"), rows)
-        else:
-            with self.conn.cursor() as cur:
-                cur.executemany(sql, rows)
-        self.conn.commit()
-        return len(rows)
+        return self._insert_many(
+            "INSERT INTO metrics_rollup (service, metric_type, minute, count, sum, min, max, sketch) VALUES (%s, %s, %s, %s, %s, %s, %s, %s)",
+            rows,
+        )
 
     def tiers(self, summaries: Any, width: int) -> int:
         rows = [(s, m, width, *rest) for s, m, *rest in summaries.records(self.ts)]
-        sql = "INSERT INTO metrics_coarserollup (service, metric_type, width, start, count, sum, min, max, sketch) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)"
+        return self._insert_many(
+            "INSERT INTO metrics_coarserollup (service, metric_type, width, start, count, sum, min, max, sketch) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)",
+            rows,
+        )
+
+    def _insert_many(self, sql: str, rows: list) -> int:
         if self.sqlite:
             self.conn.executemany(sql.replace("%s", "?"), rows)
         else:

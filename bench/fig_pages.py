@@ -17,13 +17,13 @@ from __future__ import annotations
 
 import html
 import re
-import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import httpx
+
+from tests.live import create_superuser
 
 from .common import ROOT, Config, Figure, latency_summary
 from .common import running_server as _running_server
@@ -79,22 +79,7 @@ def timed_gets(client: httpx.Client, url: str, n: int, warmup: int = 2) -> tuple
 
 
 def create_staff(server: Any) -> None:
-    subprocess.run(
-        [
-            sys.executable,
-            "manage.py",
-            "createsuperuser",
-            "--noinput",
-            "--username",
-            STAFF[0],
-            "--email",
-            "b@example.com",
-        ],
-        cwd=ROOT,
-        env={**server.env, "DJANGO_SUPERUSER_PASSWORD": STAFF[1]},
-        check=True,
-        capture_output=True,
-    )
+    create_superuser(server.env, STAFF[0], STAFF[1], "b@example.com")
 
 
 def log_in(client: httpx.Client, base: str) -> None:

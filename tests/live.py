@@ -46,6 +46,17 @@ def migrate(env: dict[str, str]) -> None:
     subprocess.run([sys.executable, "manage.py", "migrate", "--noinput", "-v0"], cwd=ROOT, env=env, check=True)
 
 
+def create_superuser(env: dict[str, str], username: str, password: str, email: str) -> None:
+    """A staff user in the database `env` points at, made the way the README says (manage.py createsuperuser)."""
+    subprocess.run(
+        [sys.executable, "manage.py", "createsuperuser", "--noinput", "--username", username, "--email", email],
+        cwd=ROOT,
+        env={**env, "DJANGO_SUPERUSER_PASSWORD": password},
+        check=True,
+        capture_output=True,
+    )
+
+
 class LiveServer:
     def __init__(
         self,

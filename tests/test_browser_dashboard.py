@@ -17,7 +17,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.live import ROOT, LiveServer
+from tests.live import ROOT, LiveServer, create_superuser
 from tests.services import require_service
 from tests.support.clock import iso
 from tests.support.servers import own_server
@@ -87,22 +87,7 @@ def server(tmp_path_factory):
 
 def seed(live: LiveServer) -> None:
     """The STAFF and VIEWER users, and ten minutes of history for three services with one firing alert."""
-    subprocess.run(
-        [
-            sys.executable,
-            "manage.py",
-            "createsuperuser",
-            "--noinput",
-            "--username",
-            STAFF[0],
-            "--email",
-            "oncall@example.com",
-        ],
-        cwd=ROOT,
-        env={**live.env, "DJANGO_SUPERUSER_PASSWORD": STAFF[1]},
-        check=True,
-        capture_output=True,
-    )
+    create_superuser(live.env, STAFF[0], STAFF[1], "oncall@example.com")
     make_viewer = "from django.contrib.auth.models import User; User.objects.create_user({!r}, password={!r})".format(
         *VIEWER
     )

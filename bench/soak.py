@@ -51,6 +51,9 @@ SERVICES = ("auth", "api", "database", "cache", "queue")
 RANGES = {"latency": (5, 900), "error_rate": (0, 0.2), "throughput": (50, 900), "cpu": (5, 99), "memory": (20, 95)}
 CHROMIUM = "/usr/bin/chromium"
 GROWTH_TARGET = 0.10
+# A long run is judged on its tail: from the first tracemalloc snapshot (minute
+# 30 of a 2-hour soak, so "the last 90 minutes") to the end, memory is flat.
+LATE_GROWTH_TARGET = 0.05
 
 
 @dataclass
@@ -418,6 +421,25 @@ def _window_growth(values: list[float], window: int) -> float | None:
     return round((sum(late) / len(late) - base) / base, 4) if base else None
 
 
+def _late_growth(samples: list[dict[str, Any]], args: argparse.Namespace) -> dict[str, Any]:
+    """Growth from the tracemalloc minute to the end, five-sample means as above."""
+    if not args.tracemalloc:
+        return {}
+    at = min(args.tracemalloc_at, args.minutes / 2) * 60
+    late = [s for s in samples if s["elapsed_s"] >= at]
+    if len(late) < 10:
+        return {"late_growth": None}
+    rss = [s["rss_mb"] for s in late]
+    heap = [s["memory_mb"].get("RssAnon", 0.0) for s in late if "memory_mb" in s]
+    growth = _window_growth(rss, 5)
+    return {
+        "late_growth_from_minute": round(at / 60, 1),
+        "late_growth": growth,
+        "late_heap_growth": _window_growth(heap, 5),
+        "late_memory_flat": growth is not None and growth < LATE_GROWTH_TARGET,
+    }
+
+
 def summarise(samples: list[dict[str, Any]], args: argparse.Namespace, retention_hours: float) -> dict[str, Any]:
     warmup = min(300.0, args.minutes * 60 / 3)
     after = [s for s in samples if s["elapsed_s"] >= warmup] or samples[-1:]
@@ -446,6 +468,7 @@ def summarise(samples: list[dict[str, Any]], args: argparse.Namespace, retention
         "memory_growth_window_samples": window,
         "memory_growth_first_to_last": None if first_last is None else round(first_last, 4),
         "heap_growth_after_warmup": _window_growth(heap, window),
+        **_late_growth(samples, args),
         "memory_flat": growth is not None and growth < GROWTH_TARGET,
         "open_fds_first_last": [samples[0]["open_fds"], last["open_fds"]],
         "db_mb_final": round(last["db_mb"], 2),
@@ -499,6 +522,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--no-browser", action="store_true")
     parser.add_argument("--database-url", default="", help="PostgreSQL URL (a migrated, dedicated database)")
+    parser.add_argument("--redis-url", default="", help="Redis URL for the channel layer (default: in-memory)")
     parser.add_argument("--out", default=str(ROOT / "bench" / "soak.json"))
     parser.add_argument(
         "--tracemalloc", action="store_true", help="trace the server's allocations; diff two snapshots in the summary"
@@ -515,7 +539,7 @@ def main(argv: list[str] | None = None) -> int:
     retention_hours = args.raw_retention_hours
     env = {
         "DATABASE_URL": args.database_url,
-        "REDIS_URL": "",
+        "REDIS_URL": args.redis_url,
         "DEBUG": "1",  # daphne serves the dashboard's static files only with DEBUG on, as in `make run`
         "REQUIRE_API_KEY": "0",
         "TELEMETRY_SCHEDULER": "1",

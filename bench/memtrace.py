@@ -16,7 +16,9 @@ from pathlib import Path
 from typing import Any
 
 ENV = "TELEMETRY_TRACEMALLOC"
-FRAMES = 8
+# One frame: the summary groups by source line, and every extra frame multiplies
+# the cost of each allocation (8 frames slowed a 2,000 points/s server to 1/30).
+FRAMES = 1
 
 
 def install() -> None:

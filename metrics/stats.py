@@ -85,6 +85,14 @@ ws_refused_too_big = _counter(
 ws_sender_errors = _counter(
     "ws_sender_errors", "telemetry_websocket_sender_errors", "WebSocket senders that failed (the client reconnects)."
 )
+ws_summary_encodes = _counter(
+    "ws_summary_encodes",
+    "telemetry_websocket_summary_encodes",
+    "Summary frames encoded: one per tick and distinct filter, shared by its subscribers.",
+)
+ws_summary_frames = _counter(
+    "ws_summary_frames", "telemetry_websocket_summary_frames", "Summary frames queued for WebSocket clients."
+)
 ws_connections = Gauge("telemetry_websocket_clients", "WebSocket clients connected to this process.", registry=REGISTRY)
 # By route (/metrics/query, /metrics/ingest, ...), in Prometheus' default buckets.
 request_seconds = Histogram(

@@ -48,7 +48,14 @@ def test_subscribe_sets_services_types_and_batch():
     reply = handle_client_message(
         sub, '{"action": "subscribe", "services": ["b", "a"], "metric_types": ["cpu"], "batch": true}', None
     )
-    assert reply == {"type": "subscribed", "services": ["a", "b"], "metric_types": ["cpu"], "batch": True}
+    assert reply == {
+        "type": "subscribed",
+        "services": ["a", "b"],
+        "metric_types": ["cpu"],
+        "batch": True,
+        "mode": "batch",
+        "interval": None,
+    }
     assert sub.services == {"a", "b"} and sub.metric_types == {"cpu"} and sub.batch
 
 

@@ -59,10 +59,10 @@ class MetricsConsumer(AsyncWebsocketConsumer):
             await self.close(code=fanout.CLOSE_RATE_LIMIT)
             return
         subscription = self.conn.subscription
-        before = subscription.key, subscription.batch
+        before = subscription.key, subscription.mode, subscription.interval
         reply = protocol.handle_client_message(subscription, text_data, bytes_data)
-        if (subscription.key, subscription.batch) != before:
-            self.conn.resubscribed()
+        if (subscription.key, subscription.mode, subscription.interval) != before:
+            fanout.hub().resubscribed(self.conn)
         await self.send(protocol.encode(reply))
 
     def _stalled(self) -> None:

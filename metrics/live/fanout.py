@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 import weakref
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -27,6 +28,7 @@ from channels.layers import InMemoryChannelLayer, get_channel_layer
 
 from metrics import stats
 from metrics.live.protocol import Outbox, Throttle, Update
+from metrics.live.summary import Aggregator
 from metrics.live.transport import TransportWatch
 
 log = logging.getLogger(__name__)
@@ -68,6 +70,12 @@ class Connection:
 
     def offer(self, update: Update) -> None:
         if self.outbox.offer(update) and not self._armed:
+            self._armed = True
+            self._wake.set()
+
+    def offer_summary(self, frame: bytes) -> None:
+        self.outbox.offer_summary(frame)
+        if not self._armed:
             self._armed = True
             self._wake.set()
 
@@ -137,6 +145,8 @@ class Hub:
         self.layer: Any = None
         self._task: asyncio.Task | None = None
         self._lock = asyncio.Lock()
+        self.summary = Aggregator()
+        self._ticker: asyncio.Task | None = None
 
     async def join(self, conn: Connection) -> None:
         self.connections.add(conn)
@@ -148,16 +158,43 @@ class Hub:
     async def leave(self, conn: Connection) -> None:
         self.connections.discard(conn)
         stats.ws_connections.set(len(self.connections))
+        self.summary.forget(conn)
         async with self._lock:
             if self._task is not None and not self.connections:
                 await self._unsubscribe()
+
+    def resubscribed(self, conn: Connection) -> None:
+        """`conn` changed its subscription: drop its queue, (un)register it as a summary subscriber."""
+        conn.resubscribed()
+        self.summary.update(conn, time.time())
+        if self.summary and self._ticker is None:
+            self._ticker = asyncio.get_running_loop().create_task(self._tick_forever())
 
     def dispatch(self, message: dict[str, Any]) -> None:
         if message.get("type") != MESSAGE_TYPE or not self.connections:
             return
         update = Update.from_message(message)
+        self.summary.add(update.points)
         for conn in self.connections:
             conn.offer(update)
+
+    async def _tick_forever(self) -> None:
+        """Close the summary windows as their ends pass and queue the frames; ends with the last subscriber."""
+        try:
+            while self.summary:
+                due = self.summary.next_due()
+                now = time.time()
+                if due is not None and due > now:
+                    await asyncio.sleep(due - now)
+                for tick in self.summary.close_due(time.time()):
+                    self.summary.deliver(tick)
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # a bug here must not end the ticks silently for every client
+            log.exception("summary ticker failed")
+            stats.ws_sender_errors.inc()
+        finally:
+            self._ticker = None
 
     async def _subscribe(self) -> None:
         layer = get_channel_layer()

@@ -27,6 +27,10 @@ INITIAL_POINTS = 50
 # backlog goes out as several frames in the same flush.
 BATCH_FRAME_POINTS = 1000
 
+# Seconds between {"type": "summary"} frames a summary subscription may ask for.
+SUMMARY_INTERVALS = (1, 5, 10)
+MODES = ("points", "batch", "summary")
+
 SubKey = tuple[frozenset[str] | None, frozenset[str] | None]
 
 
@@ -35,10 +39,15 @@ class Subscription:
     services: frozenset[str] | None = None
     metric_types: frozenset[str] | None = None
     batch: bool = False
+    interval: int | None = None  # set: summary mode, one {"type": "summary"} frame per interval
 
     @property
     def key(self) -> SubKey:
         return (self.services, self.metric_types)
+
+    @property
+    def mode(self) -> str:
+        return "summary" if self.interval is not None else "batch" if self.batch else "points"
 
     def matches(self, item: dict[str, Any]) -> bool:
         return (self.services is None or item["service"] in self.services) and (
@@ -106,16 +115,31 @@ def handle_client_message(sub: Subscription, text: str | None, data: bytes | Non
         batch = msg.get("batch", False)
         if not isinstance(batch, bool):
             return error("'batch' must be a boolean")
-        sub.services, sub.metric_types, sub.batch = services, metric_types, batch
+        mode = msg.get("mode")
+        if mode is None:
+            mode = "batch" if batch else "points"
+        elif mode not in MODES:
+            return error(f"unknown mode {str(mode)[:32]!r}; expected one of {', '.join(MODES)}")
+        interval = None
+        if mode == "summary":
+            interval = msg.get("interval", SUMMARY_INTERVALS[0])
+            if type(interval) is not int or interval not in SUMMARY_INTERVALS:
+                allowed = ", ".join(map(str, SUMMARY_INTERVALS))
+                return error(f"'interval' must be one of {allowed} (seconds)")
+        sub.services, sub.metric_types = services, metric_types
+        sub.batch, sub.interval = mode == "batch", interval
         return {
             "type": "subscribed",
             "services": sorted(services) if services else None,
             "metric_types": sorted(metric_types) if metric_types else None,
-            "batch": batch,
+            "batch": sub.batch,
+            "mode": mode,
+            "interval": interval,
         }
     if action == "unsubscribe":
         sub.services = sub.metric_types = None
         sub.batch = False
+        sub.interval = None
         return {"type": "unsubscribed"}
     return error(f"unknown action {str(action)[:32]!r}; expected subscribe, unsubscribe or ping")
 
@@ -205,7 +229,9 @@ class Outbox:
     than `max_points` points wait, whole updates are dropped from the old end
     and counted; the next flush starts with {"type": "lag", "dropped": N}.
     Alerts wait in their own short queue so a flood of points cannot push an
-    alert change out.
+    alert change out. A summary subscription holds at most one summary frame:
+    a newer one replaces it and counts as one dropped update, so a slow client
+    gets the lag notice and then the latest summary.
     """
 
     def __init__(self, max_points: int = 5000, max_alerts: int = 100) -> None:
@@ -216,15 +242,24 @@ class Outbox:
         self.max_alerts = max_alerts
         self.waiting = 0
         self.dropped = 0
+        self.summary: bytes | None = None
 
     def __bool__(self) -> bool:
-        return bool(self.items or self.alerts or self.dropped)
+        return bool(self.items or self.alerts or self.dropped or self.summary)
+
+    def offer_summary(self, frame: bytes) -> None:
+        """Hold the latest summary frame; one that was still waiting is replaced and counted as dropped."""
+        if self.summary is not None:
+            self.dropped += 1
+        self.summary = frame
 
     def offer(self, update: Update) -> bool:
         """Queue what `update` holds for this subscription; True when something was queued."""
         sub = self.subscription
         queued = False
-        if sub.batch:
+        if sub.interval is not None:
+            pass  # summary mode: points reach this client through the hub's aggregator, alerts below
+        elif sub.batch:
             body, n = update.chunk(sub)
             if n:
                 self.items.append((body, n))
@@ -253,9 +288,10 @@ class Outbox:
         self.items.clear()
         self.alerts.clear()
         self.waiting = 0
+        self.summary = None
 
     def take(self) -> list[bytes]:
-        """Everything due, as frames in order: lag notice, points, alerts. Empties the outbox."""
+        """Everything due, as frames in order: lag notice, points, summary, alerts. Empties the outbox."""
         frames: list[bytes] = []
         if self.dropped:
             frames.append(lag_frame(self.dropped))
@@ -269,6 +305,9 @@ class Outbox:
                     frames.extend(singles)
             self.items.clear()
             self.waiting = 0
+        if self.summary is not None:
+            frames.append(self.summary)
+            self.summary = None
         if self.alerts:
             frames.extend(self.alerts)
             self.alerts.clear()

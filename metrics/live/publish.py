@@ -178,4 +178,5 @@ def streaming_stats() -> dict[str, Any]:
         "connections": len(hub.connections),
         "group_members": members,
         "publish_backlog": len(publisher.queue) if publisher else 0,
+        "summary": hub.summary.status(),
     }

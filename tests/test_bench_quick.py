@@ -38,6 +38,7 @@ EXPECTED = {
     "11c_pages",
     "11d_settled",
     "12_ws_memory",
+    "13_ws_summary",
 }
 
 pytestmark = [pytest.mark.live, pytest.mark.slow]

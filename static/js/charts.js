@@ -1,5 +1,7 @@
 /* Charts: each <canvas data-chart data-url data-metric> is drawn from its JSON
- * endpoint, then kept live by Telemetry.ingest(points) from the WebSocket.
+ * endpoint, then kept live from the WebSocket: Telemetry.summary(frame) folds
+ * each tick's per-series statistics into the current bucket (the dashboard's
+ * subscription), Telemetry.ingest(points) raw points (other pages and scripts).
  * Tuned for streaming: parsing off, LTTB decimation, no animation, bounded points. */
 (function () {
   "use strict";
@@ -140,6 +142,7 @@
       lastServerX: 0,
       live: new Map(),
       pending: new Set(), // live buckets with values not yet drawn
+      p95: new Map(), // live bucket -> {sum, count}: count-weighted p95 of the summary ticks in it
       bars: new Map(),
       dirty: false,
       drawnAt: 0,
@@ -195,6 +198,7 @@
     state.bucketMs = (body.bucket_seconds || 60) * 1000;
     state.live = new Map();
     state.pending = new Set();
+    state.p95 = new Map();
     chart.options.plugins.alertMarks.marks = body.alerts || [];
     // Throughput thresholds are per service: a line across a stack of services would mislead.
     chart.options.plugins.thresholdLines.thresholds = state.kind === "stacked" ? null : body.thresholds;
@@ -260,17 +264,66 @@
     });
   }
 
-  function addAverage(state, p, ts) {
+  /* A count-weighted average per service and bucket: one point (n = 1) or one summary tick (n = count). */
+  function addAverage(state, service, ts, mean, n) {
     var b = Math.floor(ts / state.bucketMs) * state.bucketMs;
-    var ds = state.chart.data.datasets.find(function (d) { return d.key === p.service; });
+    var ds = state.chart.data.datasets.find(function (d) { return d.key === service; });
     if (!ds) {
-      ds = lineDataset(p.service, p.service, [], state.kind);
+      ds = lineDataset(service, service, [], state.kind);
       state.chart.data.datasets.push(ds);
       state.chart.data.datasets.sort(function (a, c) { return a.key < c.key ? -1 : 1; });
     }
     var last = ds.data.length ? ds.data[ds.data.length - 1] : null;
-    if (last && last.x === b && last.c) upsert(ds.data, b, (last.y * last.c + p.value) / (last.c + 1), last.c + 1);
-    else upsert(ds.data, b, p.value, 1);
+    if (last && last.x === b && last.c) upsert(ds.data, b, (last.y * last.c + mean * n) / (last.c + n), last.c + n);
+    else upsert(ds.data, b, mean, n);
+  }
+
+  function addBar(state, service, mean, n) {
+    var bar = state.bars.get(service) || { sum: 0, count: 0 };
+    bar.sum += mean * n;
+    bar.count += n;
+    state.bars.set(service, bar);
+  }
+
+  /* The summary ticks' p95 in a live bucket: their count-weighted mean, an estimate (a
+   * p95 of several series and ticks is not a mean of p95s), drawn on the P95 line until
+   * the next catch-up redraws the bucket from the server. P50 and P99 wait for that too. */
+  function addSummaryP95(state, s, ts) {
+    var b = Math.floor(ts / state.bucketMs) * state.bucketMs;
+    if (b <= state.lastServerX) return;
+    var acc = state.p95.get(b);
+    if (!acc) {
+      acc = { sum: 0, count: 0 };
+      var raw = state.live.get(b); // the bucket's exact values from the last load count as one tick
+      if (raw && raw.length) {
+        var sorted = raw.slice().sort(function (a, c) { return a - c; });
+        acc = { sum: quantile(sorted, 0.95) * raw.length, count: raw.length };
+      }
+      state.p95.set(b, acc);
+    }
+    acc.sum += s.p95 * s.count;
+    acc.count += s.count;
+    if (!state.chart.data.datasets.length) {
+      state.chart.data.datasets = ["p50", "p95", "p99"].map(function (k) { return lineDataset(k, k.toUpperCase(), [], "line"); });
+    }
+    var ds = state.chart.data.datasets.find(function (d) { return d.key === "p95"; });
+    if (ds) upsert(ds.data, b, acc.sum / acc.count);
+  }
+
+  /* One {"type": "summary"} frame: each series' statistics for the tick, folded into the tick's bucket. */
+  function summary(frame) {
+    var ts = Date.parse(frame.start);
+    charts.forEach(function (state) {
+      var changed = false;
+      frame.series.forEach(function (s) {
+        if (!s.count || !matches(state, s)) return;
+        if (state.kind === "percentiles") addSummaryP95(state, s, ts);
+        else if (state.kind === "stacked") addAverage(state, s.service, ts, s.mean, s.count);
+        else addBar(state, s.service, s.mean, s.count);
+        changed = true;
+      });
+      if (changed) schedule(state);
+    });
   }
 
   function ingest(points) {
@@ -280,13 +333,8 @@
         if (!matches(state, p)) return;
         var ts = Date.parse(p.timestamp);
         if (state.kind === "percentiles") addPercentile(state, p, ts);
-        else if (state.kind === "stacked") addAverage(state, p, ts);
-        else {
-          var bar = state.bars.get(p.service) || { sum: 0, count: 0 };
-          bar.sum += p.value;
-          bar.count += 1;
-          state.bars.set(p.service, bar);
-        }
+        else if (state.kind === "stacked") addAverage(state, p.service, ts, p.value, 1);
+        else addBar(state, p.service, p.value, 1);
         changed = true;
       });
       if (changed) schedule(state);
@@ -341,6 +389,7 @@
         if (drop > 0) d.data.splice(0, drop);
       });
       state.live.forEach(function (v, b) { if (b < from - state.bucketMs) state.live.delete(b); });
+      state.p95.forEach(function (v, b) { if (b < from - state.bucketMs) state.p95.delete(b); });
       chart.options.scales.x.min = from;
       chart.options.scales.x.max = now;
       if (state.kind === "stacked") {
@@ -416,7 +465,7 @@
   }
 
   window.Telemetry = Object.assign(window.Telemetry || {}, {
-    charts: charts, init: init, ingest: ingest, alert: alert, refetchAll: refetchAll, tick: tick,
+    charts: charts, init: init, ingest: ingest, summary: summary, alert: alert, refetchAll: refetchAll, tick: tick,
     chart: function (id) { var s = charts.get(id); return s && s.chart; },
   });
 })();

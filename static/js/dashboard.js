@@ -1,4 +1,5 @@
-/* Live page: one /ws/metrics connection in batch mode feeds the charts and
+/* Live page: one /ws/metrics connection in summary mode (one frame a second with
+ * each series' count, mean, min, max, last and p95, whatever the ingest rate) feeds the charts and
  * tells HTMX fragments (cards, matrix, alerts) to refresh, debounced.
  * Reconnects with backoff and catches up (re-fetches chart data) afterwards. */
 (function () {
@@ -10,6 +11,7 @@
   // largest cost on the server, so they refresh on Grafana's 5 s floor.
   var SUMMARY_DELAY = 5000;
   var ALERT_DELAY = 250;
+  var SUMMARY_INTERVAL = 1; // seconds between the server's summary frames
   var CATCH_UP_EVERY = 5 * 60 * 1000; // long-range charts: redraw summarised buckets from the server
   var ws = null, attempt = 0, everConnected = false, reconnectTimer = null;
   var timers = {};
@@ -45,14 +47,19 @@
 
   function subscribe() {
     if (ws && ws.readyState === WebSocket.OPEN) {
-      ws.send(JSON.stringify({ action: "subscribe", batch: true, services: currentServices() }));
+      ws.send(JSON.stringify({ action: "subscribe", mode: "summary", interval: SUMMARY_INTERVAL, services: currentServices() }));
     }
   }
 
   function onMessage(event) {
     var msg;
     try { msg = JSON.parse(event.data); } catch (e) { return; }
-    if (msg.type === "metrics") {
+    if (msg.type === "summary") {
+      if (msg.series.length) {
+        window.Telemetry.summary(msg);
+        pointsArrived();
+      }
+    } else if (msg.type === "metrics") {
       window.Telemetry.ingest(msg.data);
       pointsArrived();
     } else if (msg.type === "metric") {

@@ -7,6 +7,7 @@ test-artifacts/ (gitignored).
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -179,6 +180,30 @@ def test_a_point_posted_over_http_appears_in_the_chart(page, server):
         timeout=WAIT_MS,
     )
     page.wait_for_function("() => document.getElementById('chart-throughput-text').textContent.includes('probe')")
+    assert page.console_errors == []
+
+
+def test_the_live_charts_are_fed_by_one_summary_frame_a_second_not_by_raw_points(page, server):
+    sent: list[str] = []
+    received: list[str] = []
+
+    def watch(ws) -> None:
+        ws.on("framesent", lambda payload: sent.append(str(payload)))
+        ws.on("framereceived", lambda payload: received.append(str(payload)))
+
+    page.on("websocket", watch)
+    open_live(page)
+    # One request: both values are published in the same tick, so the tick's mean is 200 over 2 points.
+    post(server, [point("summary-probe", "throughput", 100.0), point("summary-probe", "throughput", 300.0)])
+    page.wait_for_function(
+        "() => Telemetry.chart('chart-throughput').data.datasets.some("
+        "d => d.key === 'summary-probe' && d.data.some(p => p.y === 200 && p.c === 2))",
+        timeout=WAIT_MS,
+    )
+    subscribes = [json.loads(m) for m in sent if '"subscribe"' in m]
+    assert subscribes and all(m.get("mode") == "summary" and m.get("interval") == 1 for m in subscribes)
+    kinds = {json.loads(m)["type"] for m in received}
+    assert "summary" in kinds and not kinds & {"metric", "metrics"}
     assert page.console_errors == []
 
 

@@ -186,8 +186,7 @@ class Hub:
                 now = time.time()
                 if due is not None and due > now:
                     await asyncio.sleep(due - now)
-                for tick in self.summary.close_due(time.time()):
-                    self.summary.deliver(tick)
+                self.summary.tick(time.time())
         except asyncio.CancelledError:
             raise
         except Exception:  # a bug here must not end the ticks silently for every client

@@ -26,6 +26,7 @@ Plain code: `metrics.live.fanout.Hub` drives it from its event loop.
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from itertools import chain
@@ -140,7 +141,8 @@ class Aggregator:
     def __init__(self) -> None:
         self.subscribers: dict[int, set[Subscriber]] = {}
         self.windows: dict[int, Window] = {}
-        self.last_tick: dict[str, int] = {}
+        self.last_tick: dict[str, Any] = {}
+        self.slowest_tick = 0.0  # seconds: statistics, encodes and queueing of one tick, the worst so far
 
     def __bool__(self) -> bool:
         return bool(self.windows)
@@ -204,6 +206,15 @@ class Aggregator:
             ticks.append(Tick(window))
         return ticks
 
+    def tick(self, now: float) -> None:
+        """Close what is due at `now` and queue the frames, timing the work."""
+        started = time.perf_counter()
+        for tick in self.close_due(now):
+            self.deliver(tick)
+            took = time.perf_counter() - started
+            self.last_tick["seconds"] = round(took, 6)
+            self.slowest_tick = max(self.slowest_tick, took)
+
     def deliver(self, tick: Tick) -> None:
         """Queue the tick's frame on each of its subscribers: one encode per distinct filter."""
         conns = self.subscribers.get(tick.interval, ())
@@ -216,6 +227,7 @@ class Aggregator:
         return {
             "subscribers": sum(len(c) for c in self.subscribers.values()),
             "last_tick": self.last_tick or None,
+            "slowest_tick_seconds": round(self.slowest_tick, 6),
         }
 
 

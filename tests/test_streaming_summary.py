@@ -12,6 +12,7 @@ import orjson
 import pytest
 
 from metrics import stats
+from metrics.live import fanout, publish
 from metrics.live.protocol import Outbox, Subscription, Update, handle_client_message
 from metrics.live.summary import Aggregator, series_stats
 from metrics.series import sketch
@@ -213,3 +214,22 @@ def test_the_last_subscriber_leaving_stops_the_aggregation():
     assert not agg and agg.next_due() is None
     agg.add([point()])  # nothing open: nothing kept
     assert agg.windows == {}
+
+
+def test_the_hub_feeds_its_aggregator_and_hands_summary_subscribers_only_alerts():
+    hub = fanout.Hub()
+
+    async def send(text: str) -> None:
+        raise AssertionError("nothing is sent: no sender task runs here")
+
+    summarised, raw = fanout.Connection(send, 0.05, 100), fanout.Connection(send, 0.05, 100)
+    handle_client_message(summarised.subscription, summary(1), None)
+    hub.connections.update({summarised, raw})
+    hub.summary.update(summarised, T0)
+    hub.dispatch(publish.message([point(value=4.0)], []))
+    assert not summarised.outbox and raw.outbox.waiting == 1
+    alert = {"id": 1, "service": "api", "metric_type": "latency", "state": "firing"}
+    hub.dispatch(publish.message([point(value=6.0)], [alert]))
+    assert [orjson.loads(f)["type"] for f in summarised.outbox.take()] == ["alert"]
+    [tick] = hub.summary.close_due(T0 + 1)
+    assert [(s["count"], s["mean"]) for s in tick.series] == [(2, 5.0)]

@@ -175,7 +175,9 @@ class Hub:
             return
         update = Update.from_message(message)
         self.summary.add(update.points)
-        for conn in self.connections:
+        # Summary subscribers take only alerts from an update: without any, they are not visited.
+        skip_summary = self.summary.members and not update.alerts
+        for conn in self.connections.difference(self.summary.members) if skip_summary else self.connections:
             conn.offer(update)
 
     async def _tick_forever(self) -> None:
@@ -189,7 +191,7 @@ class Hub:
                 self.summary.tick(time.time())
         except asyncio.CancelledError:
             raise
-        except Exception:  # a bug here must not end the ticks silently for every client
+        except Exception:  # logged and counted; the next summary subscribe starts a new ticker
             log.exception("summary ticker failed")
             stats.ws_sender_errors.inc()
         finally:

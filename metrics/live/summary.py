@@ -140,6 +140,7 @@ class Aggregator:
 
     def __init__(self) -> None:
         self.subscribers: dict[int, set[Subscriber]] = {}
+        self.members: set[Subscriber] = set()  # every summary subscriber, whatever its interval
         self.windows: dict[int, Window] = {}
         self.last_tick: dict[str, Any] = {}
         self.slowest_tick = 0.0  # seconds: statistics, encodes and queueing of one tick, the worst so far
@@ -154,10 +155,12 @@ class Aggregator:
         if interval is None:
             return
         self.subscribers.setdefault(interval, set()).add(conn)
+        self.members.add(conn)
         if interval not in self.windows:
             self.windows[interval] = Window(interval, now, _boundary(now, interval) + interval)
 
     def forget(self, conn: Subscriber) -> None:
+        self.members.discard(conn)
         for interval in [i for i, conns in self.subscribers.items() if conn in conns]:
             conns = self.subscribers[interval]
             conns.discard(conn)

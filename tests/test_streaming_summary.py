@@ -226,7 +226,11 @@ def test_the_hub_feeds_its_aggregator_and_hands_summary_subscribers_only_alerts(
     handle_client_message(summarised.subscription, summary(1), None)
     hub.connections.update({summarised, raw})
     hub.summary.update(summarised, T0)
+    visits = []
+    offer = summarised.offer
+    summarised.offer = lambda update: (visits.append(update), offer(update))  # type: ignore[method-assign]
     hub.dispatch(publish.message([point(value=4.0)], []))
+    assert visits == []  # an update without alerts does not even visit a summary subscriber
     assert not summarised.outbox and raw.outbox.waiting == 1
     alert = {"id": 1, "service": "api", "metric_type": "latency", "state": "firing"}
     hub.dispatch(publish.message([point(value=6.0)], [alert]))

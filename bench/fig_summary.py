@@ -61,13 +61,12 @@ def _span(text: str) -> tuple[str, str]:
 # --- receivers (separate processes) -----------------------------------------------
 
 
-async def _client(url: str, origin: str, sample: bool, ready: Any, stop_at: Any) -> dict[str, Any]:
+async def _client(url: str, origin: str, sample: bool, ready: Any, got: dict[str, Any]) -> None:
+    """Read summary frames into `got` until cancelled (no timeout per frame: a cheap receive loop)."""
     from websockets.asyncio.client import connect
     from websockets.typing import Origin
 
-    spans: list[tuple[float, float]] = []
-    ages: list[float] = []
-    counted = frames = lags = 0
+    spans, ages = got["spans"], got["ages"]
     async with connect(
         url, origin=Origin(origin), compression=None, max_size=None, open_timeout=120, ping_interval=None
     ) as ws:
@@ -77,35 +76,41 @@ async def _client(url: str, origin: str, sample: bool, ready: Any, stop_at: Any)
             pass
         with ready.get_lock():
             ready.value += 1
-        while not (stop_at.value and time.time() > stop_at.value):
-            try:
-                raw = await asyncio.wait_for(ws.recv(), 0.5)
-            except TimeoutError:
-                continue
+        while True:
+            raw = await ws.recv()
             now = time.time()
             text = raw.decode() if isinstance(raw, bytes) else raw
             if text.startswith('{"type":"summary"'):
                 start, end = _span(text)
                 spans.append((_epoch(start), _epoch(end)))
                 ages.append(now - spans[-1][1])
-                frames += 1
+                got["frames"] += 1
                 if sample:
-                    counted += sum(s["count"] for s in orjson.loads(text)["series"])
+                    got["counted"] += sum(s["count"] for s in orjson.loads(text)["series"])
             elif text.startswith('{"type":"lag"'):
-                lags += orjson.loads(text)["dropped"]
-    return {"spans": spans, "ages": ages, "frames": frames, "lags": lags, "counted": counted if sample else None}
+                got["lags"] += orjson.loads(text)["dropped"]
 
 
 def _receiver_process(url: str, origin: str, n: int, ready: Any, stop_at: Any, out: Any) -> None:
-    async def main() -> list[Any]:
+    async def main() -> list[dict[str, Any]]:
+        results: list[dict[str, Any]] = []
         tasks = []
         for i in range(n):
-            tasks.append(asyncio.create_task(_client(url, origin, i == 0, ready, stop_at)))
+            got: dict[str, Any] = {"spans": [], "ages": [], "frames": 0, "lags": 0, "counted": 0 if i == 0 else None}
+            results.append(got)
+            tasks.append(asyncio.create_task(_client(url, origin, i == 0, ready, got)))
             await asyncio.sleep(0.005)  # do not stampede the handshake backlog
-        return await asyncio.gather(*tasks, return_exceptions=True)
+        while not (stop_at.value and time.time() > stop_at.value):
+            await asyncio.sleep(0.5)
+        for task in tasks:
+            task.cancel()
+        outcomes = await asyncio.gather(*tasks, return_exceptions=True)
+        for got, outcome in zip(results, outcomes, strict=True):
+            if isinstance(outcome, BaseException) and not isinstance(outcome, asyncio.CancelledError):
+                got["error"] = f"{type(outcome).__name__}: {outcome}"[:300]
+        return results
 
-    results = asyncio.run(main())
-    out.put([r if not isinstance(r, BaseException) else {"error": f"{type(r).__name__}: {r}"[:300]} for r in results])
+    out.put(asyncio.run(main()))
 
 
 # --- sender --------------------------------------------------------------------------
@@ -194,10 +199,12 @@ def summary_run(server: Any, clients: int, processes: int, rate: float, seconds:
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()
     cpu0 = _cpu_seconds(server.proc.pid)
+    receivers0 = [_cpu_seconds(p.pid or 0) for p in procs]
     window_start = time.time()
     sent = asyncio.run(_send(server.url + "/metrics/ingest", rate, seconds))
     window_end = time.time()
     cpu1 = _cpu_seconds(server.proc.pid)
+    receivers1 = [_cpu_seconds(p.pid or 0) for p in procs]
     # Two more ticks: the points of the last request are in a frame that closes after it.
     stop_at.value = window_end + 3.0
     results: list[dict[str, Any]] = []
@@ -244,6 +251,11 @@ def summary_run(server: Any, clients: int, processes: int, rate: float, seconds:
         "sample_counts_match": bool(samples) and all(c == sent["accepted"] for c in samples),
         "server_cpu_seconds_per_second": (
             round((cpu1 - cpu0) / (window_end - window_start), 3) if cpu0 is not None and cpu1 is not None else None
+        ),
+        "receivers_cpu_seconds_per_second": round(
+            sum((b or 0.0) - (a or 0.0) for a, b in zip(receivers0, receivers1, strict=True))
+            / (window_end - window_start),
+            3,
         ),
         "server_summary": health.get("summary"),
         "rss_mb_max": round(max(rss), 1) if rss else None,

@@ -185,9 +185,10 @@ class Hub:
         try:
             while self.summary:
                 due = self.summary.next_due()
-                now = time.time()
-                if due is not None and due > now:
-                    await asyncio.sleep(due - now)
+                # Always yield, even when the next window is already due (a tick that ran late and
+                # long): the senders woken by the last tick flush first, so no client's frame is
+                # replaced by the next one before it could go out.
+                await asyncio.sleep(max(0.0, (due or 0.0) - time.time()))
                 self.summary.tick(time.time())
         except asyncio.CancelledError:
             raise

@@ -134,6 +134,40 @@ def test_the_rest_of_a_group_commits_when_one_client_walked_away():
     assert stored() == {"kept"}
 
 
+class BlockedEachRun:
+    """A job that holds its group on every run until that run's gate is set: first run, then the rerun."""
+
+    def __init__(self) -> None:
+        self.started = [threading.Event(), threading.Event()]
+        self.gates = [threading.Event(), threading.Event()]
+        self.runs = 0
+
+    def __call__(self) -> str:
+        run, self.runs = self.runs, self.runs + 1
+        self.started[run].set()
+        assert self.gates[run].wait(WAIT)
+        return "released"
+
+
+def test_a_rerun_after_a_late_abandonment_commits_even_when_more_clients_time_out_during_it():
+    """A loaded PostgreSQL soak answered every ingest 503 for minutes: each rerun outlasted more deadlines and rolled
+    back again. After one late abandonment the rerun is pinned: its clients wait for its COMMIT instead."""
+    writer = GroupWriter()
+    slow = BlockedEachRun()
+    retries = stats.snapshot()["ingest_group_retries"]
+    early, kept, held_job = group_of(writer, (store_service, "early"), (store_service, "kept"), (slow,))
+    assert slow.started[0].wait(WAIT)
+    assert writer.abandon(early)  # after its savepoint: the group must roll back and run again
+    slow.gates[0].set()
+    assert slow.started[1].wait(WAIT)  # the rerun, holding `kept` in its transaction
+    assert not writer.abandon(kept)  # its client's time ran out too, but it must wait for the outcome
+    slow.gates[1].set()
+    assert kept.future.result(WAIT) == "kept"
+    assert held_job.future.result(WAIT) == "released"
+    assert stored() == {"kept"}
+    assert stats.snapshot()["ingest_group_retries"] == retries + 1
+
+
 def test_a_job_abandoned_while_queued_never_runs():
     writer = GroupWriter()
     gate, holding = threading.Event(), threading.Event()
@@ -260,7 +294,7 @@ def test_jobs_submitted_from_one_loop_and_committed_together_wake_it_once():
 def test_jobs_submitted_from_a_loop_hear_that_their_group_failed(monkeypatch):
     writer = GroupWriter()
 
-    def commit_fails(jobs):  # type: ignore[no-untyped-def]
+    def commit_fails(jobs, pinned=False):  # type: ignore[no-untyped-def]
         raise OperationalError("disk I/O error")
 
     monkeypatch.setattr(writer, "_run_group", commit_fails)

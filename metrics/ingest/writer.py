@@ -156,16 +156,20 @@ class GroupWriter:
             _wake(group)
 
     def _commit_group(self, group: list[_Job]) -> None:
-        jobs = group
+        jobs, pinned = group, False
         while True:
             try:
-                outcomes = self._run_group(jobs)
+                outcomes = self._run_group(jobs, pinned)
                 break
             except _LateAbandon:
                 # Rolled back: run the group again without the abandoned jobs,
-                # so nobody else's answer depends on a client that left.
+                # so nobody else's answer depends on a client that left. The
+                # rerun is pinned (its clients wait for its COMMIT): when the
+                # writer is behind, more deadlines pass during every rerun, and
+                # unpinned reruns rolled back again and again while every
+                # client got 503 (congestion collapse, seen in a loaded soak).
                 stats.ingest_group_retries.inc()
-                jobs = [job for job in jobs if job.state != ABANDONED]
+                jobs, pinned = [job for job in jobs if job.state != ABANDONED], True
         # COMMIT returned: only now may any client hear "accepted".
         stats.ingest_groups.inc()
         stats.ingest_group_jobs.inc(len(group))
@@ -180,14 +184,20 @@ class GroupWriter:
             else:
                 job.future.set_exception(value)
 
-    def _run_group(self, jobs: list[_Job]) -> list[tuple[_Job, bool, Any]]:
+    def _run_group(self, jobs: list[_Job], pinned: bool = False) -> list[tuple[_Job, bool, Any]]:
         outcomes: list[tuple[_Job, bool, Any]] = []
+        if pinned:
+            with self._state_lock:
+                jobs = [job for job in jobs if job.state != ABANDONED]
+                for job in jobs:
+                    job.state = COMMITTING  # abandon() now answers False: the client waits for the outcome
         with transaction.atomic():
             for job in jobs:
                 with self._state_lock:
                     if job.state == ABANDONED:
                         continue
-                    job.state = RUNNING
+                    if not pinned:
+                        job.state = RUNNING
                 try:
                     with transaction.atomic():  # a savepoint: this job rolls back alone
                         value = job.func(*job.args)

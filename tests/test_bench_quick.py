@@ -69,7 +69,11 @@ def test_quick_bench_reports_every_figure_with_numbers(tmp_path):
     assert set(figures) == EXPECTED, proc.stderr[-3000:]
     for key, figure in figures.items():
         assert isinstance(figure["value"], int | float), (key, figure)
-        assert figure["passed"] in (True, False), (key, figure)
+        if key == "4b_ws_latency_100" and figure["passed"] is None:
+            # No verdict when the receivers or the machine were saturated; it says which.
+            assert figure["details"]["result"].startswith("n/a: "), figure["details"]
+        else:
+            assert figure["passed"] in (True, False), (key, figure)
         assert figure["cores"] == os.cpu_count()
         if figure["baseline"] is not None:
             assert isinstance(figure["ratio"], int | float), (key, figure)
@@ -77,3 +81,8 @@ def test_quick_bench_reports_every_figure_with_numbers(tmp_path):
     for key in ("4a_ws_latency_1", "4b_ws_latency_100", "5_ws_fanout"):
         assert figures[key]["details"]["points_missing_total"] == 0, figures[key]["details"]
     assert figures["2_ingest_batched"]["details"]["wrk"]["errors"] == 0
+    # 4b's latency comes from its probe clients; its CPU split covers every process measured.
+    many = figures["4b_ws_latency_100"]["details"]
+    assert many["latency"]["n"] > 0 and many["probes"] == 5
+    assert isinstance(many["cpu"]["server_cores"], float), many["cpu"]
+    assert any(name.endswith("_countx15") for name in many["cpu"]["receiver_cores"]), many["cpu"]

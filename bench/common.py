@@ -192,6 +192,19 @@ if path then
   end
 end
 local i = 0
+-- BENCH_PORTS="8001 8002": wrk thread k connects to port k mod n (one host, several
+-- processes); unset, every thread uses the URL's port.
+local ports = {}
+for p in string.gmatch(os.getenv("BENCH_PORTS") or "", "%d+") do
+  ports[#ports + 1] = p
+end
+local threads = 0
+setup = function(thread)
+  threads = threads + 1
+  if #ports > 0 then
+    thread.addr = wrk.lookup(wrk.host, ports[(threads - 1) % #ports + 1])[1]
+  end
+end
 wrk.headers["Content-Type"] = "application/json"
 request = function()
   if n == 0 then
@@ -216,9 +229,19 @@ def have_wrk() -> bool:
 
 
 def run_wrk(
-    url: str, seconds: float, connections: int, bodies: list[bytes] | None, workdir: Path, threads: int = 1
+    url: str,
+    seconds: float,
+    connections: int,
+    bodies: list[bytes] | None,
+    workdir: Path,
+    threads: int = 1,
+    ports: list[int] | None = None,
 ) -> dict[str, Any]:
-    """Closed-loop load with wrk; one body per line in `bodies` (POST), or GET when None."""
+    """Closed-loop load with wrk; one body per line in `bodies` (POST), or GET when None.
+
+    `ports` sends wrk's threads round-robin to those ports on the URL's host (thread k
+    to ports[k % n], its connections with it), so one run loads several processes.
+    """
     script = workdir / "bench.lua"
     script.write_text(WRK_LUA)
     env = dict(os.environ)
@@ -228,6 +251,10 @@ def run_wrk(
         env["BENCH_BODIES"] = str(body_file)
     else:
         env.pop("BENCH_BODIES", None)
+    if ports:
+        env["BENCH_PORTS"] = " ".join(map(str, ports))
+    else:
+        env.pop("BENCH_PORTS", None)
     cmd = [
         "wrk",
         f"-t{threads}",

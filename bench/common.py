@@ -193,17 +193,45 @@ if path then
 end
 local i = 0
 -- BENCH_PORTS="8001 8002": wrk thread k connects to port k mod n (one host, several
--- processes); unset, every thread uses the URL's port.
+-- processes) and counts its responses, reported per port; unset, every thread uses
+-- the URL's port and no response() hook slows wrk down.
 local ports = {}
 for p in string.gmatch(os.getenv("BENCH_PORTS") or "", "%d+") do
   ports[#ports + 1] = p
 end
-local threads = 0
+local threads = {}
 setup = function(thread)
-  threads = threads + 1
+  local k = #threads + 1
+  threads[k] = thread
   if #ports > 0 then
-    thread.addr = wrk.lookup(wrk.host, ports[(threads - 1) % #ports + 1])[1]
+    local port = ports[(k - 1) % #ports + 1]
+    thread.addr = wrk.lookup(wrk.host, port)[1]
+    thread:set("port", port)
   end
+end
+responses = 0
+if #ports > 0 then
+  response = function(status, headers, body)
+    responses = responses + 1
+  end
+end
+local function by_port()
+  local counts, order = {}, {}
+  for _, thread in ipairs(threads) do
+    local port = thread:get("port")
+    if port then
+      if not counts[port] then
+        order[#order + 1] = port
+        counts[port] = 0
+      end
+      counts[port] = counts[port] + thread:get("responses")
+    end
+  end
+  local parts = {}
+  for _, port in ipairs(order) do
+    parts[#parts + 1] = string.format('"%s":%d', port, counts[port])
+  end
+  return "{" .. table.concat(parts, ",") .. "}"
 end
 wrk.headers["Content-Type"] = "application/json"
 request = function()
@@ -216,10 +244,10 @@ end
 done = function(summary, latency, requests)
   io.stderr:write(string.format(
     'BENCHJSON {"requests":%d,"duration_us":%d,"status_errors":%d,"connect_errors":%d,"read_errors":%d,' ..
-    '"write_errors":%d,"timeouts":%d,"p50_us":%d,"p90_us":%d,"p99_us":%d,"max_us":%d}\n',
+    '"write_errors":%d,"timeouts":%d,"p50_us":%d,"p90_us":%d,"p99_us":%d,"max_us":%d,"responses_by_port":%s}\n',
     summary.requests, summary.duration, summary.errors.status, summary.errors.connect, summary.errors.read,
     summary.errors.write, summary.errors.timeout, latency:percentile(50), latency:percentile(90),
-    latency:percentile(99), latency.max))
+    latency:percentile(99), latency.max, by_port()))
 end
 """
 
@@ -240,7 +268,8 @@ def run_wrk(
     """Closed-loop load with wrk; one body per line in `bodies` (POST), or GET when None.
 
     `ports` sends wrk's threads round-robin to those ports on the URL's host (thread k
-    to ports[k % n], its connections with it), so one run loads several processes.
+    to ports[k % n], its connections with it), so one run loads several processes;
+    the result's `responses_by_port` then says how many answers each port gave.
     """
     script = workdir / "bench.lua"
     script.write_text(WRK_LUA)

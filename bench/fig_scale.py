@@ -42,6 +42,7 @@ from .fig_ingest import BATCH, batch_bodies, single_bodies
 
 DATABASE = "telemetry_bench_scale"
 TARGET = "none (informational)"
+JSON = {"Content-Type": "application/json"}
 
 
 def arms_order(quick: bool) -> list[int]:
@@ -79,7 +80,7 @@ def measure(
     seconds = cfg.size(1, 10)
     url = servers[0].url + "/metrics/ingest"
     for server in servers:  # first requests import and open the database: not measured, even in quick mode
-        httpx.post(server.url + "/metrics/ingest", content=bodies[0], timeout=60).raise_for_status()
+        httpx.post(server.url + "/metrics/ingest", content=bodies[0], headers=JSON, timeout=60).raise_for_status()
     if not cfg.quick:
         for processes in (1, 2):
             run_wrk(url, 1, connections, bodies, data_dir, threads=2, ports=wrk_ports(servers, processes))

@@ -10,6 +10,7 @@ another connection: on SQLite a second connection to the test's file.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import sqlite3
 import threading
@@ -294,7 +295,7 @@ def test_jobs_submitted_from_one_loop_and_committed_together_wake_it_once():
 def test_jobs_submitted_from_a_loop_hear_that_their_group_failed(monkeypatch):
     writer = GroupWriter()
 
-    def commit_fails(jobs, pinned=False):  # type: ignore[no-untyped-def]
+    def commit_fails(jobs, *args, **kwargs):  # type: ignore[no-untyped-def]
         raise OperationalError("disk I/O error")
 
     monkeypatch.setattr(writer, "_run_group", commit_fails)
@@ -306,3 +307,34 @@ def test_jobs_submitted_from_a_loop_hear_that_their_group_failed(monkeypatch):
 
     asyncio.run(client())
     assert stored() == set()
+
+
+def touch_service(name: str, both_hold: threading.Barrier | None = None) -> str:
+    """Upsert a service row as ingest does (a row lock until COMMIT); the first run waits until both writers hold one."""
+    with connection.cursor() as cur:
+        cur.execute(
+            "INSERT INTO metrics_service (name, first_seen, last_seen, series_count) VALUES (%s, %s, %s, 0) "
+            "ON CONFLICT (name) DO UPDATE SET last_seen = excluded.last_seen",
+            [name, AT, AT],
+        )
+    if both_hold is not None and not both_hold.broken:
+        with contextlib.suppress(threading.BrokenBarrierError):
+            both_hold.wait(WAIT)  # on a rerun the other writer has moved on: do not wait again
+            both_hold.abort()
+    return name
+
+
+def test_two_writers_locking_the_same_services_in_opposite_orders_both_commit():
+    """Two processes' groups took metrics_service rows in opposite orders: PostgreSQL's deadlock victim answered 503
+    (figure 14, two daphne processes). The victim's group now rolls back, lets the other commit, and runs again."""
+    if connection.vendor != "postgresql":
+        pytest.skip("row-lock deadlocks need PostgreSQL: SQLite has one writer lock")
+    for name in ("left", "right"):
+        store_service(name)
+    both_hold = threading.Barrier(2)
+    one, other = GroupWriter(), GroupWriter()
+    retries = stats.snapshot()["ingest_group_retries"]
+    first = group_of(one, (touch_service, "left", both_hold), (touch_service, "right"))
+    second = group_of(other, (touch_service, "right", both_hold), (touch_service, "left"))
+    assert [job.future.result(WAIT) for job in first + second] == ["left", "right", "right", "left"]
+    assert stats.snapshot()["ingest_group_retries"] == retries + 1

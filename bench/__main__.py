@@ -23,6 +23,7 @@ MODULES = {
     "pages": ("10", "11"),
     "ws_memory": ("12",),
     "summary": ("13",),
+    "scale": ("14",),
 }
 
 
@@ -92,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
     def log(msg: str) -> None:
         print(msg, file=sys.stderr, flush=True)
 
-    from . import anomaly_eval, fig_ingest, fig_pages, fig_query, fig_summary, fig_ws, fig_ws_memory
+    from . import anomaly_eval, fig_ingest, fig_pages, fig_query, fig_scale, fig_summary, fig_ws, fig_ws_memory
 
     modules = {
         "ingest": fig_ingest,
@@ -102,6 +103,7 @@ def main(argv: list[str] | None = None) -> int:
         "pages": fig_pages,
         "ws_memory": fig_ws_memory,
         "summary": fig_summary,
+        "scale": fig_scale,
     }
     figures: list[Figure] = []
     started = time.perf_counter()

@@ -243,6 +243,8 @@ def prune(now: datetime | None = None, dry_run: bool = False) -> PruneReport:
         report.alerts_deleted = _count("metrics_alert", "resolved_at", alerts_cut, resolved)
         report.series_deleted, report.services_deleted = prune_series(points_cut, rollups_cut, dry_run=True)
         return report
+    # PostgreSQL: the coming days' raw point partitions exist before points arrive for them.
+    partitions.ensure(now)
     report.rolled_up = rollups.roll_up(now)
     # Never delete a raw minute before its rollup exists.
     boundary = rollups.rolled_through() or points_cut

@@ -5,7 +5,8 @@ when TELEMETRY_SCHEDULER is on) rolls up completed minutes every
 ROLLUP_INTERVAL_SECONDS (with their 5-minute, 30-minute and hour tier
 windows), evaluates anomalies on them, sends due alert
 notifications every pass and prunes every PRUNE_INTERVAL_SECONDS (on
-PostgreSQL, after creating the coming days' raw point partitions). There is
+PostgreSQL a prune first creates the coming days' raw point partitions,
+metrics.maintenance.partitions). There is
 no other runner (deployments need no cron or prune container); `manage.py
 prune` is the same prune by hand. Several
 instances may run it at once: roll_up serialises on the RollupState row and
@@ -21,7 +22,6 @@ import time
 
 from django.conf import settings
 from django.db import close_old_connections, connections
-from django.utils import timezone
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +49,7 @@ class Scheduler:
     def tick(self, now_monotonic: float | None = None) -> None:
         """One scheduling pass: run whatever is due."""
         from metrics.alerts import anomaly, outbox
-        from metrics.maintenance import partitions, retention
+        from metrics.maintenance import retention
         from metrics.series import rollups
 
         conf = settings.TELEMETRY
@@ -57,7 +57,6 @@ class Scheduler:
         close_old_connections()
         outbox.tick()  # due notifications: every pass, each send bounded by its timeout
         if self.last_prune is None or now - self.last_prune >= conf["PRUNE_INTERVAL_SECONDS"]:
-            partitions.ensure(timezone.now())  # PostgreSQL: the next days' raw point partitions
             report = retention.prune()
             self.last_prune = self.last_rollup = now
             log.info("prune: %s", report.as_dict())

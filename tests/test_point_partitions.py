@@ -92,6 +92,19 @@ def test_a_day_wholly_past_retention_is_dropped_by_prune_and_its_rows_are_gone(d
 
 
 @pytest.mark.django_db
+def test_a_day_detached_by_a_pass_that_stopped_before_its_drop_goes_on_the_next_prune(days_of_now):
+    put(datetime(2026, 1, 13, 6, 0, tzinfo=UTC))
+    put(datetime(2026, 1, 13, 7, 0, tzinfo=UTC))
+    with connection.cursor() as cur:  # what drop() commits before _drop_detached
+        cur.execute(f"ALTER TABLE metrics_point DETACH PARTITION {EXPIRED_DAY.name}")
+
+    report = retention.prune()
+
+    assert report.points_deleted == 2
+    assert not exists(EXPIRED_DAY.name)
+
+
+@pytest.mark.django_db
 def test_points_older_or_newer_than_any_day_partition_land_in_the_default_and_go_in_batches(telemetry, frozen):
     telemetry(RAW_RETENTION_HOURS=24, PRUNE_BATCH_ROWS=2)
     old = [put(datetime(2026, 1, 13, h, tzinfo=UTC)) for h in (1, 2, 3)]

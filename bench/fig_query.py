@@ -240,6 +240,11 @@ def drop(before):
     rows = real_drop(before)
     out["drop_start"], out["drop_end"], out["dropped_rows"] = t0, time.perf_counter(), rows
     return rows
+real_drop_detached = partitions._drop_detached
+def drop_detached(name):
+    out.setdefault("detached_at", time.perf_counter())  # the parent's lock is released by now
+    return real_drop_detached(name)
+partitions._drop_detached = drop_detached
 partitions.drop_expired = (lambda before: 0) if %(batch_only)r else drop
 out["start"] = time.perf_counter()
 report = retention.prune()
@@ -279,6 +284,8 @@ def _prune_copy(cfg: Config, retention_hours: float, batch_only: bool, log: Any)
             [s for s in samples if out["drop_start"] <= s[0] + s[1] and s[0] < out["drop_end"]]
         )
     out["seconds"] = out["end"] - out["start"]
+    if "detached_at" in out:
+        out["detach_seconds"] = out["detached_at"] - out["drop_start"]
     return out
 
 

@@ -14,6 +14,7 @@ from datetime import UTC, date, datetime, timedelta
 
 import pytest
 from django.db import connection, transaction
+from django.db.migrations.executor import MigrationExecutor
 from django.test.utils import CaptureQueriesContext
 
 from metrics.ingest.store import store
@@ -220,3 +221,35 @@ def test_points_stored_while_a_day_is_dropped_are_all_kept(committed_days):
     assert dropped == 50 and not exists(EXPIRED_DAY.name)
     assert not Point.objects.filter(service="old").exists()
     assert Point.objects.filter(service="stream").count() == len(stored) >= during >= 20
+
+
+def _migrate(target: str) -> None:
+    executor = MigrationExecutor(connection)
+    executor.loader.build_graph()
+    executor.migrate([("metrics", target)])
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_migration_converts_a_filled_table_keeping_every_row_id_and_the_id_sequence():
+    _migrate("0007_coarse_rollups")
+    try:
+        with connection.cursor() as cur:
+            cur.execute("SELECT relkind FROM pg_class WHERE relname = 'metrics_point'")
+            assert cur.fetchone()[0] == "r"
+            cur.execute(
+                "INSERT INTO metrics_point (timestamp, service, metric_type, value, tags) "
+                "SELECT now() - g * interval '1 hour', 'api', 'latency', g, '{}' FROM generate_series(1, 100) g"
+            )
+            cur.execute("SELECT id, timestamp, value FROM metrics_point ORDER BY id")
+            before = cur.fetchall()
+    finally:
+        _migrate("0008_partition_points")
+    assert partitions.partitioned()
+    with connection.cursor() as cur:
+        cur.execute("SELECT id, timestamp, value FROM metrics_point ORDER BY id")
+        assert cur.fetchall() == before
+        cur.execute("SELECT COUNT(*) FROM metrics_point_default")
+        assert 0 < cur.fetchone()[0] < 100  # the oldest hours: before the window's day partitions
+    later = Point.objects.create(timestamp=NOW, service="api", metric_type="latency", value=1.0)
+    assert later.id == before[-1][0] + 1
+    assert len(partitions.days()) >= 3

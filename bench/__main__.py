@@ -22,6 +22,7 @@ MODULES = {
     "anomaly": ("8", "9"),
     "pages": ("10", "11"),
     "ws_memory": ("12",),
+    "scale": ("14",),
 }
 
 
@@ -91,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
     def log(msg: str) -> None:
         print(msg, file=sys.stderr, flush=True)
 
-    from . import anomaly_eval, fig_ingest, fig_pages, fig_query, fig_ws, fig_ws_memory
+    from . import anomaly_eval, fig_ingest, fig_pages, fig_query, fig_scale, fig_ws, fig_ws_memory
 
     modules = {
         "ingest": fig_ingest,
@@ -100,6 +101,7 @@ def main(argv: list[str] | None = None) -> int:
         "anomaly": anomaly_eval,
         "pages": fig_pages,
         "ws_memory": fig_ws_memory,
+        "scale": fig_scale,
     }
     figures: list[Figure] = []
     started = time.perf_counter()

@@ -137,6 +137,29 @@ def rss_mb(pid: int) -> float | None:
     return None
 
 
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid: int) -> float | None:
+    """User + system CPU seconds a live process has used so far (all its threads), from /proc/<pid>/stat."""
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    # Fields after the command name (which may hold spaces) start at field 3 (state);
+    # utime and stime are fields 14 and 15.
+    fields = text[text.rindex(")") + 2 :].split()
+    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+
+
+def machine_busy_seconds() -> float:
+    """CPU seconds every core together has spent not idle since boot, from /proc/stat."""
+    ticks = [int(x) for x in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+    idle = ticks[3] + (ticks[4] if len(ticks) > 4 else 0)  # idle + iowait
+    # guest time is already counted in user/nice, so stop at steal (fields 1-8).
+    return (sum(ticks[:8]) - idle) / CLOCK_TICKS
+
+
 def fresh_dir(cfg: Config, name: str) -> Path:
     path = cfg.workdir / name
     shutil.rmtree(path, ignore_errors=True)
@@ -192,6 +215,47 @@ if path then
   end
 end
 local i = 0
+-- BENCH_PORTS="8001 8002": wrk thread k connects to port k mod n (one host, several
+-- processes) and counts its responses, reported per port; unset, every thread uses
+-- the URL's port and no response() hook slows wrk down.
+local ports = {}
+for p in string.gmatch(os.getenv("BENCH_PORTS") or "", "%d+") do
+  ports[#ports + 1] = p
+end
+local threads = {}
+setup = function(thread)
+  local k = #threads + 1
+  threads[k] = thread
+  if #ports > 0 then
+    local port = ports[(k - 1) % #ports + 1]
+    thread.addr = wrk.lookup(wrk.host, port)[1]
+    thread:set("port", port)
+  end
+end
+responses = 0
+if #ports > 0 then
+  response = function(status, headers, body)
+    responses = responses + 1
+  end
+end
+local function by_port()
+  local counts, order = {}, {}
+  for _, thread in ipairs(threads) do
+    local port = thread:get("port")
+    if port then
+      if not counts[port] then
+        order[#order + 1] = port
+        counts[port] = 0
+      end
+      counts[port] = counts[port] + thread:get("responses")
+    end
+  end
+  local parts = {}
+  for _, port in ipairs(order) do
+    parts[#parts + 1] = string.format('"%s":%d', port, counts[port])
+  end
+  return "{" .. table.concat(parts, ",") .. "}"
+end
 wrk.headers["Content-Type"] = "application/json"
 request = function()
   if n == 0 then
@@ -203,10 +267,10 @@ end
 done = function(summary, latency, requests)
   io.stderr:write(string.format(
     'BENCHJSON {"requests":%d,"duration_us":%d,"status_errors":%d,"connect_errors":%d,"read_errors":%d,' ..
-    '"write_errors":%d,"timeouts":%d,"p50_us":%d,"p90_us":%d,"p99_us":%d,"max_us":%d}\n',
+    '"write_errors":%d,"timeouts":%d,"p50_us":%d,"p90_us":%d,"p99_us":%d,"max_us":%d,"responses_by_port":%s}\n',
     summary.requests, summary.duration, summary.errors.status, summary.errors.connect, summary.errors.read,
     summary.errors.write, summary.errors.timeout, latency:percentile(50), latency:percentile(90),
-    latency:percentile(99), latency.max))
+    latency:percentile(99), latency.max, by_port()))
 end
 """
 
@@ -216,9 +280,20 @@ def have_wrk() -> bool:
 
 
 def run_wrk(
-    url: str, seconds: float, connections: int, bodies: list[bytes] | None, workdir: Path, threads: int = 1
+    url: str,
+    seconds: float,
+    connections: int,
+    bodies: list[bytes] | None,
+    workdir: Path,
+    threads: int = 1,
+    ports: list[int] | None = None,
 ) -> dict[str, Any]:
-    """Closed-loop load with wrk; one body per line in `bodies` (POST), or GET when None."""
+    """Closed-loop load with wrk; one body per line in `bodies` (POST), or GET when None.
+
+    `ports` sends wrk's threads round-robin to those ports on the URL's host (thread k
+    to ports[k % n], its connections with it), so one run loads several processes;
+    the result's `responses_by_port` then says how many answers each port gave.
+    """
     script = workdir / "bench.lua"
     script.write_text(WRK_LUA)
     env = dict(os.environ)
@@ -228,6 +303,10 @@ def run_wrk(
         env["BENCH_BODIES"] = str(body_file)
     else:
         env.pop("BENCH_BODIES", None)
+    if ports:
+        env["BENCH_PORTS"] = " ".join(map(str, ports))
+    else:
+        env.pop("BENCH_PORTS", None)
     cmd = [
         "wrk",
         f"-t{threads}",

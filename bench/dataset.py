@@ -125,10 +125,12 @@ class Writer:
         )
 
     def tiers(self, summaries: Any, width: int) -> int:
-        rows = [(s, m, width, *rest) for s, m, *rest in summaries.records(self.ts)]
+        from metrics.series.rollups import tier_records
+
         return self._insert_many(
-            "INSERT INTO metrics_coarserollup (service, metric_type, width, start, count, sum, min, max, sketch) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)",
-            rows,
+            "INSERT INTO metrics_coarserollup (service, metric_type, width, start, count, sum, min, max, sketch, p50, p95, p99) "
+            "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
+            tier_records(summaries, width, self.ts),
         )
 
     def _insert_many(self, sql: str, rows: list) -> int:

@@ -423,7 +423,7 @@ def _window_growth(values: list[float], window: int) -> float | None:
 
 def _late_growth(samples: list[dict[str, Any]], args: argparse.Namespace) -> dict[str, Any]:
     """Growth from the tracemalloc minute to the end, five-sample means as above."""
-    if not args.tracemalloc:
+    if not getattr(args, "tracemalloc", False):  # summaries of older runs' configs lack it
         return {}
     at = min(args.tracemalloc_at, args.minutes / 2) * 60
     late = [s for s in samples if s["elapsed_s"] >= at]

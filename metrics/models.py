@@ -192,6 +192,12 @@ class CoarseRollup(models.Model):
     min = models.FloatField()
     max = models.FloatField()
     sketch = models.BinaryField()
+    # The window's own P50/P95/P99 (its sketch, clamped to min and max), so a
+    # bucket that is exactly this window is answered without a sketch merge.
+    # NULL on windows written before they existed: those are merged as before.
+    p50 = models.FloatField(null=True, blank=True)
+    p95 = models.FloatField(null=True, blank=True)
+    p99 = models.FloatField(null=True, blank=True)
 
     objects = CoarseRollupQuerySet.as_manager()
 

@@ -15,6 +15,7 @@ from metrics.alerts.anomaly import (
     METHOD,
     baseline,
     level_ratio,
+    lookup,
     nanmedian,
     run_length,
     score,
@@ -198,3 +199,22 @@ def test_a_drop_that_lasts_all_day_keeps_its_alert_open():
     opened, resolved = alerts(values, first=7 * DAY)
     assert opened == [7 * DAY + 602]
     assert len(resolved) == 1 and 8 * DAY < resolved[0] < 8 * DAY + 60
+
+
+def _lookup_by_search(values: np.ndarray, minutes: np.ndarray, wanted: np.ndarray) -> np.ndarray:
+    out = np.full((*wanted.shape, values.shape[1]), np.nan)
+    row = {int(m): i for i, m in enumerate(minutes.tolist())}
+    for index, m in np.ndenumerate(wanted):
+        if int(m) in row:
+            out[index] = values[row[int(m)]]
+    return out
+
+
+def test_lookup_finds_each_minutes_row_whether_the_minutes_are_dense_or_sparse():
+    rng = np.random.default_rng(3)
+    wanted = np.arange(-20, 1_100).reshape(40, 28)  # before, inside and after the rows, 2-D like seasonal()
+    dense = np.sort(rng.choice(np.arange(1_000), size=900, replace=False))  # gaps, but mostly contiguous
+    sparse = np.array([0, 7, 500, 999])  # far apart: the binary-search path
+    for minutes in (dense, sparse):
+        values = rng.normal(size=(len(minutes), 3))
+        np.testing.assert_array_equal(lookup(values, minutes, wanted), _lookup_by_search(values, minutes, wanted))

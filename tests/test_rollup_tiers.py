@@ -75,6 +75,9 @@ def assert_windows_equal_their_minutes() -> int:
         assert (w.count, w.min, w.max) == (expected["count"], expected["min"], expected["max"]), w
         assert w.sum == pytest.approx(expected["sum"], rel=1e-12)
         assert bytes(w.sketch) == expected["sketch"], w
+        # Stored percentiles are the window's own: its sketch, clamped to its min and max.
+        own = np.clip(sketch.quantiles(bytes(w.sketch), rollups.PERCENTILES), w.min, w.max).tolist()
+        assert [w.p50, w.p95, w.p99] == own, w
     return len(windows)
 
 
@@ -332,3 +335,24 @@ def test_the_dashboard_totals_read_hour_windows_and_equal_the_minute_totals(monk
     for key, (total, count) in from_minutes.items():
         assert from_tiers[key][1] == count
         assert from_tiers[key][0] == pytest.approx(total, rel=1e-12)
+
+
+def test_a_bucket_that_is_one_window_answers_its_stored_percentiles_and_a_window_without_them_merges(
+    monkeypatch, telemetry
+):
+    telemetry(RAW_RETENTION_HOURS=1)
+    params = {"start_time": "2026-01-15T09:00:00Z", "end_time": "2026-01-15T12:00:00Z", "aggregation": "1h"}
+    with time_machine.travel(NOW, tick=False):
+        fill()
+        merged = answer(monkeypatch, tiers=False, **params)
+        ten = CoarseRollup.objects.filter(service="api", width=3600, start=at("2026-01-15T10:00:00Z"))
+        # A marker no sketch would give proves the stored column is what answers...
+        ten.update(p95=-1.0)
+        marked = answer(monkeypatch, tiers=True, **params)
+        # ...and a window written before the columns existed (NULL) is merged from its sketch.
+        ten.update(p50=None, p95=None, p99=None)
+        unmarked = answer(monkeypatch, tiers=True, **params)
+    p95 = {(r["timestamp"], r["service"]): r["p95"] for r in marked["data"]}
+    assert p95[("2026-01-15T10:00:00Z", "api")] == -1.0
+    assert p95[("2026-01-15T10:00:00Z", "auth")] != -1.0
+    assert_same_answer(unmarked, merged)

@@ -77,3 +77,16 @@ def test_a_raw_point_older_than_retention_plus_a_prune_interval_fails_the_run():
 
     assert verdict["db_within_retention"] is False
     assert verdict["passed"] is False
+
+
+def test_a_two_hour_run_is_judged_flat_from_the_tracemalloc_minute_to_the_end():
+    args = argparse.Namespace(minutes=120, rate=2000, prune_seconds=30, tracemalloc=True, tracemalloc_at=30)
+    # Warm-up growth until minute 30 does not count against the last 90 minutes...
+    rising_early = [sample(m, 200.0 + min(m, 30)) for m in range(1, 121)]
+    verdict = summarise(rising_early, args, RETENTION_HOURS)
+    assert verdict["late_growth_from_minute"] == 30 and verdict["late_growth"] == 0.0
+    assert verdict["late_memory_flat"] is True
+    # ...while +0.2 MB a minute after it (about +7 % over 90 minutes) is growth, not noise.
+    creeping = [sample(m, 250.0 + 0.2 * max(0, m - 30)) for m in range(1, 121)]
+    verdict = summarise(creeping, args, RETENTION_HOURS)
+    assert verdict["late_growth"] > 0.05 and verdict["late_memory_flat"] is False

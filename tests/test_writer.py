@@ -10,6 +10,7 @@ another connection: on SQLite a second connection to the test's file.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import sqlite3
 import threading
@@ -132,6 +133,40 @@ def test_the_rest_of_a_group_commits_when_one_client_walked_away():
     assert kept.future.result(WAIT) == "kept"
     assert slow.future.result(WAIT) == "released"
     assert stored() == {"kept"}
+
+
+class BlockedEachRun:
+    """A job that holds its group on every run until that run's gate is set: first run, then the rerun."""
+
+    def __init__(self) -> None:
+        self.started = [threading.Event(), threading.Event()]
+        self.gates = [threading.Event(), threading.Event()]
+        self.runs = 0
+
+    def __call__(self) -> str:
+        run, self.runs = self.runs, self.runs + 1
+        self.started[run].set()
+        assert self.gates[run].wait(WAIT)
+        return "released"
+
+
+def test_a_rerun_after_a_late_abandonment_commits_even_when_more_clients_time_out_during_it():
+    """A loaded PostgreSQL soak answered every ingest 503 for minutes: each rerun outlasted more deadlines and rolled
+    back again. After one late abandonment the rerun is pinned: its clients wait for its COMMIT instead."""
+    writer = GroupWriter()
+    slow = BlockedEachRun()
+    retries = stats.snapshot()["ingest_group_retries"]
+    early, kept, held_job = group_of(writer, (store_service, "early"), (store_service, "kept"), (slow,))
+    assert slow.started[0].wait(WAIT)
+    assert writer.abandon(early)  # after its savepoint: the group must roll back and run again
+    slow.gates[0].set()
+    assert slow.started[1].wait(WAIT)  # the rerun, holding `kept` in its transaction
+    assert not writer.abandon(kept)  # its client's time ran out too, but it must wait for the outcome
+    slow.gates[1].set()
+    assert kept.future.result(WAIT) == "kept"
+    assert held_job.future.result(WAIT) == "released"
+    assert stored() == {"kept"}
+    assert stats.snapshot()["ingest_group_retries"] == retries + 1
 
 
 def test_a_job_abandoned_while_queued_never_runs():
@@ -260,7 +295,7 @@ def test_jobs_submitted_from_one_loop_and_committed_together_wake_it_once():
 def test_jobs_submitted_from_a_loop_hear_that_their_group_failed(monkeypatch):
     writer = GroupWriter()
 
-    def commit_fails(jobs):  # type: ignore[no-untyped-def]
+    def commit_fails(jobs, *args, **kwargs):  # type: ignore[no-untyped-def]
         raise OperationalError("disk I/O error")
 
     monkeypatch.setattr(writer, "_run_group", commit_fails)
@@ -272,3 +307,34 @@ def test_jobs_submitted_from_a_loop_hear_that_their_group_failed(monkeypatch):
 
     asyncio.run(client())
     assert stored() == set()
+
+
+def touch_service(name: str, both_hold: threading.Barrier | None = None) -> str:
+    """Upsert a service row as ingest does (a row lock until COMMIT); the first run waits until both writers hold one."""
+    with connection.cursor() as cur:
+        cur.execute(
+            "INSERT INTO metrics_service (name, first_seen, last_seen, series_count) VALUES (%s, %s, %s, 0) "
+            "ON CONFLICT (name) DO UPDATE SET last_seen = excluded.last_seen",
+            [name, AT, AT],
+        )
+    if both_hold is not None and not both_hold.broken:
+        with contextlib.suppress(threading.BrokenBarrierError):
+            both_hold.wait(WAIT)  # on a rerun the other writer has moved on: do not wait again
+            both_hold.abort()
+    return name
+
+
+def test_two_writers_locking_the_same_services_in_opposite_orders_both_commit():
+    """Two processes' groups took metrics_service rows in opposite orders: PostgreSQL's deadlock victim answered 503
+    (figure 14, two daphne processes). The victim's group now rolls back, lets the other commit, and runs again."""
+    if connection.vendor != "postgresql":
+        pytest.skip("row-lock deadlocks need PostgreSQL: SQLite has one writer lock")
+    for name in ("left", "right"):
+        store_service(name)
+    both_hold = threading.Barrier(2)
+    one, other = GroupWriter(), GroupWriter()
+    retries = stats.snapshot()["ingest_group_retries"]
+    first = group_of(one, (touch_service, "left", both_hold), (touch_service, "right"))
+    second = group_of(other, (touch_service, "right", both_hold), (touch_service, "left"))
+    assert [job.future.result(WAIT) for job in first + second] == ["left", "right", "right", "left"]
+    assert stats.snapshot()["ingest_group_retries"] == retries + 1

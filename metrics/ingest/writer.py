@@ -68,6 +68,22 @@ class Abandoned(Exception):
     """The client was answered 503: this job must not commit."""
 
 
+class _Deadlocked(Exception):
+    """PostgreSQL chose this group's transaction as a deadlock victim: roll it all back and run it again."""
+
+
+# Two processes' groups can take the same service and series rows in different
+# orders (each job upserts its own, in arrival order). PostgreSQL then cancels
+# one statement after deadlock_timeout; the group rolls back, which releases
+# its locks so the other commits, and runs again. A few attempts, then the
+# deadlocked job fails like any other error (503) and the rest commit.
+MAX_DEADLOCK_RERUNS = 3
+
+
+def _is_deadlock(exc: BaseException) -> bool:
+    return getattr(exc.__cause__, "sqlstate", None) == "40P01"
+
+
 class _LateAbandon(Exception):
     """A job was abandoned after its savepoint was released: roll the whole group back."""
 
@@ -156,16 +172,24 @@ class GroupWriter:
             _wake(group)
 
     def _commit_group(self, group: list[_Job]) -> None:
-        jobs = group
+        jobs, pinned, deadlocks = group, False, 0
         while True:
             try:
-                outcomes = self._run_group(jobs)
+                outcomes = self._run_group(jobs, pinned, rerun_on_deadlock=deadlocks < MAX_DEADLOCK_RERUNS)
                 break
+            except _Deadlocked:
+                stats.ingest_group_retries.inc()
+                deadlocks += 1
+                jobs, pinned = [job for job in jobs if job.state != ABANDONED], True
             except _LateAbandon:
                 # Rolled back: run the group again without the abandoned jobs,
-                # so nobody else's answer depends on a client that left.
+                # so nobody else's answer depends on a client that left. The
+                # rerun is pinned (its clients wait for its COMMIT): when the
+                # writer is behind, more deadlines pass during every rerun, and
+                # unpinned reruns rolled back again and again while every
+                # client got 503 (congestion collapse, seen in a loaded soak).
                 stats.ingest_group_retries.inc()
-                jobs = [job for job in jobs if job.state != ABANDONED]
+                jobs, pinned = [job for job in jobs if job.state != ABANDONED], True
         # COMMIT returned: only now may any client hear "accepted".
         stats.ingest_groups.inc()
         stats.ingest_group_jobs.inc(len(group))
@@ -180,14 +204,22 @@ class GroupWriter:
             else:
                 job.future.set_exception(value)
 
-    def _run_group(self, jobs: list[_Job]) -> list[tuple[_Job, bool, Any]]:
+    def _run_group(
+        self, jobs: list[_Job], pinned: bool = False, rerun_on_deadlock: bool = True
+    ) -> list[tuple[_Job, bool, Any]]:
         outcomes: list[tuple[_Job, bool, Any]] = []
+        if pinned:
+            with self._state_lock:
+                jobs = [job for job in jobs if job.state != ABANDONED]
+                for job in jobs:
+                    job.state = COMMITTING  # abandon() now answers False: the client waits for the outcome
         with transaction.atomic():
             for job in jobs:
                 with self._state_lock:
                     if job.state == ABANDONED:
                         continue
-                    job.state = RUNNING
+                    if not pinned:
+                        job.state = RUNNING
                 try:
                     with transaction.atomic():  # a savepoint: this job rolls back alone
                         value = job.func(*job.args)
@@ -195,6 +227,8 @@ class GroupWriter:
                             raise Abandoned("the client was already answered 503")
                     outcomes.append((job, True, value))
                 except Exception as exc:
+                    if rerun_on_deadlock and _is_deadlock(exc):
+                        raise _Deadlocked from exc
                     outcomes.append((job, False, exc))
             # The last moment a client may still walk away: after this, every
             # stored job's client waits for the COMMIT's outcome.

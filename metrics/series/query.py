@@ -23,7 +23,7 @@ FIXED_BUCKETS = {"1m": 60, "5m": 300, "1h": 3600}
 # Bucket sizes `auto` may choose, smallest first; sub-minute sizes only on raw data.
 NICE_BUCKETS = [1, 2, 5, 10, 15, 30, 60, 120, 300, 600, 900, 1800, 3600, 7200, 10800, 21600, 43200, 86400]
 AUTO_TARGET_BUCKETS = 300
-PERCENTILES = (0.50, 0.95, 0.99)
+PERCENTILES = rollups.PERCENTILES
 # Times a query can use: the range arithmetic (defaults, bucket edges, whole
 # minutes) must stay inside what datetime can hold, and nothing is stored
 # before the Unix epoch. Outside it is a 400 naming the field, never an OverflowError.
@@ -354,7 +354,17 @@ def sketch_figures(summaries: rollups.MinuteSummaries, group_id: np.ndarray, n_g
     np.minimum.at(mins, group_id, summaries.min)
     maxs = np.full(n_groups, -np.inf)
     np.maximum.at(maxs, group_id, summaries.max)
-    pct = sketch.grouped_quantiles(summaries.sketches, group_id, n_groups, PERCENTILES, mins, maxs)
+    if summaries.pct is None:
+        pct = sketch.grouped_quantiles(summaries.sketches, group_id, n_groups, PERCENTILES, mins, maxs)
+        return Figures(pct, mins, maxs, sums, counts)
+    # A group that is one tier window with stored percentiles answers them
+    # (computed from the same sketch, min and max when the window was written);
+    # the other groups merge their sketches.
+    alone = (np.bincount(group_id, minlength=n_groups)[group_id] == 1) & ~np.isnan(summaries.pct).any(axis=1)
+    merge = np.flatnonzero(~alone)
+    blobs = [summaries.sketches[i] for i in merge.tolist()]
+    pct = sketch.grouped_quantiles(blobs, group_id[merge], n_groups, PERCENTILES, mins, maxs)
+    pct[group_id[alone]] = summaries.pct[alone]
     return Figures(pct, mins, maxs, sums, counts)
 
 

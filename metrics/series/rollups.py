@@ -29,6 +29,7 @@ from metrics.series import sketch
 
 log = logging.getLogger(__name__)
 MINUTE = 60
+PERCENTILES = (0.50, 0.95, 0.99)
 
 
 def epoch_sql(column: str = "timestamp") -> str:
@@ -75,6 +76,10 @@ class MinuteSummaries:
     min: np.ndarray
     max: np.ndarray
     sketches: list[bytes]
+    # Tier windows only: each row's PERCENTILES from its own sketch, stored when
+    # the window is written (NaN where unknown), so a bucket that is exactly one
+    # window needs no sketch merge.
+    pct: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.minute)
@@ -107,6 +112,7 @@ class MinuteSummaries:
             self.min[idx],
             self.max[idx],
             [self.sketches[i] for i in idx.tolist()],
+            None if self.pct is None else self.pct[idx],
         )
 
     @classmethod
@@ -131,6 +137,11 @@ class MinuteSummaries:
             np.concatenate([p.min for p in parts]),
             np.concatenate([p.max for p in parts]),
             [b for p in parts for b in p.sketches],
+            None
+            if all(p.pct is None for p in parts)
+            else np.concatenate(
+                [np.full((len(p), len(PERCENTILES)), np.nan) if p.pct is None else p.pct for p in parts]
+            ),
         )
 
 
@@ -227,16 +238,18 @@ def _fetch_summaries(
 ) -> MinuteSummaries:
     """Rows of a summary table (rollups, sketch contributions, one tier's windows) as MinuteSummaries."""
     where, params = series_where(column, start, end, services, metric_types)
+    stored = ""
     if width is not None:
         where += " AND width = %s"
         params.append(width)
-    sql = f"SELECT service, metric_type, {epoch_sql(column)}, count, sum, min, max, sketch FROM {table} WHERE {where}"
+        stored = ", p50, p95, p99"
+    sql = f"SELECT service, metric_type, {epoch_sql(column)}, count, sum, min, max, sketch{stored} FROM {table} WHERE {where}"
     with connection.cursor() as cur:
         cur.execute(sql, params)
         rows = cur.fetchall()
     if not rows:
         return MinuteSummaries.empty()
-    svc, mt, minute, cnt, sm, mn, mx, sk = zip(*rows, strict=True)
+    svc, mt, minute, cnt, sm, mn, mx, sk, *pct = zip(*rows, strict=True)
     return MinuteSummaries(
         np.array(svc, dtype=object),
         np.array(mt, dtype=object),
@@ -246,6 +259,7 @@ def _fetch_summaries(
         np.array(mn, dtype=np.float64),
         np.array(mx, dtype=np.float64),
         [bytes(b) for b in sk],
+        np.array(pct, dtype=np.float64).T if pct else None,  # NULL (a window written before 0008) is NaN
     )
 
 
@@ -259,22 +273,37 @@ def _upsert(summaries: MinuteSummaries, width: int | None = None) -> int:
     """Write minute rollups, or (with `width`) that tier's windows, replacing the rows they recompute."""
     if not len(summaries):
         return 0
+    columns_extra = set_extra = ""
     if width is None:
         table, columns, key = "metrics_rollup", "minute", "minute"
         params = summaries.records(_db_minute)
     else:
         table, columns, key = "metrics_coarserollup", "width, start", "width, start"
-        params = [(s, m, width, *rest) for s, m, *rest in summaries.records(_db_minute)]
+        params = tier_records(summaries, width, _db_minute)
+        columns_extra, set_extra = ", p50, p95, p99", ", p50 = excluded.p50, p95 = excluded.p95, p99 = excluded.p99"
     placeholders = ", ".join(["%s"] * len(params[0]))
     sql = (
-        f"INSERT INTO {connection.ops.quote_name(table)} (service, metric_type, {columns}, count, sum, min, max, sketch) "
+        f"INSERT INTO {connection.ops.quote_name(table)} "
+        f"(service, metric_type, {columns}, count, sum, min, max, sketch{columns_extra}) "
         f"VALUES ({placeholders}) "
         f"ON CONFLICT (service, metric_type, {key}) DO UPDATE SET count = excluded.count, "
-        "sum = excluded.sum, min = excluded.min, max = excluded.max, sketch = excluded.sketch"
+        f"sum = excluded.sum, min = excluded.min, max = excluded.max, sketch = excluded.sketch{set_extra}"
     )
     with connection.cursor() as cur:
         cur.executemany(sql, params)
     return len(params)
+
+
+def window_percentiles(summaries: MinuteSummaries) -> np.ndarray:
+    """Each row's PERCENTILES from its own sketch, clamped to its min and max: what a query merging that one row answers."""
+    n = len(summaries)
+    return sketch.grouped_quantiles(summaries.sketches, np.arange(n), n, PERCENTILES, summaries.min, summaries.max)
+
+
+def tier_records(summaries: MinuteSummaries, width: int, minute: Callable[[int], Any]) -> list[tuple]:
+    """INSERT rows of tier windows: the summary columns, then the stored percentiles (None for NaN)."""
+    pct = [[None if x != x else x for x in row] for row in window_percentiles(summaries).tolist()]
+    return [(s, m, width, *rest, *p) for (s, m, *rest), p in zip(summaries.records(minute), pct, strict=True)]
 
 
 def _lock_state() -> RollupState:

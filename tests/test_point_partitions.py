@@ -1,6 +1,6 @@
 """PostgreSQL: raw points are partitioned by day; retention drops whole days, the rest goes in batches.
 
-metrics.maintenance.partitions and migration 0008. The test database's own
+metrics.maintenance.partitions and migration 0009. The test database's own
 day partitions are the days around the real date it was created on; the
 tests live in January 2026, so their points land in the DEFAULT partition
 until a test creates their days (`partitions.ensure(NOW)`, as the runner does).
@@ -231,7 +231,7 @@ def _migrate(target: str) -> None:
 
 @pytest.mark.django_db(transaction=True)
 def test_the_migration_converts_a_filled_table_keeping_every_row_id_and_the_id_sequence():
-    _migrate("0007_coarse_rollups")
+    _migrate("0008_coarserollup_percentiles")
     try:
         with connection.cursor() as cur:
             cur.execute("SELECT relkind FROM pg_class WHERE relname = 'metrics_point'")
@@ -243,7 +243,7 @@ def test_the_migration_converts_a_filled_table_keeping_every_row_id_and_the_id_s
             cur.execute("SELECT id, timestamp, value FROM metrics_point ORDER BY id")
             before = cur.fetchall()
     finally:
-        _migrate("0008_partition_points")
+        _migrate("0009_partition_points")
     assert partitions.partitioned()
     with connection.cursor() as cur:
         cur.execute("SELECT id, timestamp, value FROM metrics_point ORDER BY id")

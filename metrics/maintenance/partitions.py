@@ -1,6 +1,6 @@
 """PostgreSQL: raw points (metrics_point) are partitioned by day, so retention drops whole days.
 
-Migration 0008 made `metrics_point` a `PARTITION BY RANGE (timestamp)` table
+Migration 0009 made `metrics_point` a `PARTITION BY RANGE (timestamp)` table
 with one partition per UTC day (`metrics_point_pYYYYMMDD`) and a DEFAULT
 partition (`metrics_point_default`) that takes any timestamp no day partition
 covers (a day the runner has not created yet, the test suite's literal dates).
@@ -75,7 +75,7 @@ _NAME = re.compile(rf"^{PARENT}_p(\d{{8}})$")
 
 
 def partitioned() -> bool:
-    """True on PostgreSQL once migration 0008 has partitioned the table."""
+    """True on PostgreSQL once migration 0009 has partitioned the table."""
     if connection.vendor != "postgresql":
         return False
     with connection.cursor() as cur:

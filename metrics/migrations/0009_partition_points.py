@@ -84,7 +84,7 @@ def unpartition(apps, schema_editor):
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('metrics', '0007_coarse_rollups'),
+        ('metrics', '0008_coarserollup_percentiles'),
     ]
 
     operations = [

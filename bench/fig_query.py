@@ -7,10 +7,15 @@
 6. `manage.py prune` on a copy whose raw day is not rolled up yet, with a raw
    retention of 1 h, so it rolls up all 2.16 M rows and deletes ~2.07 M, while
    a paced stream of single-point ingests measures how ingestion answers.
+   PostgreSQL only (6p): on two more copies, a prune whose cutoff is just past
+   the oldest day partition, once dropping that partition and once deleting
+   the same rows in batches (the path SQLite and the default partition take),
+   with the same paced ingest.
 """
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 import sys
@@ -39,6 +44,7 @@ from .loadgen import PacedLoad, summary
 
 DB = "telemetry_bench_query"
 PRUNE_DB = "telemetry_bench_prune"
+DROP_DB = "telemetry_bench_drop"
 
 
 def iso(dt: datetime) -> str:
@@ -163,6 +169,8 @@ def run(cfg: Config, log: Any) -> list[Figure]:
             )
         )
     figures.append(prune_figure(cfg, data_dir, dataset, log))
+    if cfg.postgres:
+        figures.extend(partition_drop_figures(cfg, dataset, log))
     return figures
 
 
@@ -218,3 +226,122 @@ def prune_figure(cfg: Config, data_dir: Path, dataset: Any, log: Any) -> Figure:
             "env": {k: v for k, v in server_overrides(cfg, PRUNE_DB).items() if k != "SECRET_KEY"},
         },
     )
+
+
+# Run by `manage.py shell -c` in the server's environment: one prune, timed,
+# with the partition drop either timed or switched off (batch path only).
+_PRUNE_SCRIPT = """
+import json, time
+from metrics.maintenance import partitions, retention
+real_drop = partitions.drop_expired
+out = {}
+def drop(before):
+    t0 = time.perf_counter()
+    rows = real_drop(before)
+    out["drop_start"], out["drop_end"], out["dropped_rows"] = t0, time.perf_counter(), rows
+    return rows
+real_drop_detached = partitions._drop_detached
+def drop_detached(name):
+    out.setdefault("detached_at", time.perf_counter())  # the parent's lock is released by now
+    return real_drop_detached(name)
+partitions._drop_detached = drop_detached
+partitions.drop_expired = (lambda before: 0) if %(batch_only)r else drop
+out["start"] = time.perf_counter()
+report = retention.prune()
+out["end"] = time.perf_counter()
+out["points_deleted"] = report.points_deleted
+print("PRUNE-RESULT " + json.dumps(out))
+"""
+
+
+def _prune_copy(cfg: Config, retention_hours: float, batch_only: bool, log: Any) -> dict[str, Any]:
+    """One prune of a fresh copy of DB under paced ingest; times from the same monotonic clock as the samples."""
+    pg_recreate(DROP_DB, template=DB)
+    rate = 20.0
+    with running_server(cfg, fresh_dir(cfg, "drop"), DROP_DB, migrate_first=False) as server:
+        load = PacedLoad(server.url + "/metrics/ingest", single_bodies(), rate).start()
+        time.sleep(cfg.size(1.0, 5.0))
+        env = dict(server.env, RAW_RETENTION_HOURS=f"{retention_hours:.6f}")
+        proc = subprocess.run(
+            [sys.executable, "manage.py", "shell", "-c", _PRUNE_SCRIPT % {"batch_only": batch_only}],
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=1800,
+        )
+        time.sleep(1.0)
+        samples = load.stop()
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("PRUNE-RESULT ")]
+    if proc.returncode != 0 or not lines:
+        raise RuntimeError(f"prune failed ({proc.returncode}): {(proc.stdout + proc.stderr)[-1500:]}")
+    out = json.loads(lines[-1].removeprefix("PRUNE-RESULT "))
+    out["ingest_before"] = summary([s for s in samples if s[0] < out["start"]])
+    out["ingest_during"] = summary([s for s in samples if out["start"] <= s[0] < out["end"]])
+    if "drop_start" in out:
+        # An ingest sent while the DROP ran, or that was still waiting on it when it ended.
+        out["ingest_during_drop"] = summary(
+            [s for s in samples if out["drop_start"] <= s[0] + s[1] and s[0] < out["drop_end"]]
+        )
+    out["seconds"] = out["end"] - out["start"]
+    if "detached_at" in out:
+        out["detach_seconds"] = out["detached_at"] - out["drop_start"]
+    return out
+
+
+def partition_drop_figures(cfg: Config, dataset: Any, log: Any) -> list[Figure]:
+    """6p: a day of raw points dropped as a partition vs deleted in batches, under paced ingest."""
+    day = dataset.raw_start.astimezone(UTC).date()
+    day_end = datetime(day.year, day.month, day.day, tzinfo=UTC) + timedelta(days=1)
+    name = f"metrics_point_p{day:%Y%m%d}"
+    writer = Writer(pg_url=f"postgres://postgres@127.0.0.1:5432/{DB}")
+    with writer.conn.cursor() as cur:
+        cur.execute("SELECT to_regclass(%s) IS NOT NULL", [name])
+        present = cur.fetchone()[0]
+        rows = 0
+        if present:
+            cur.execute(f"SELECT COUNT(*) FROM {name}")
+            rows = int(cur.fetchone()[0])
+    writer.close()
+    # The cutoff two minutes past the day's end: the day goes whole, the edge is two minutes of points.
+    margin = datetime.now(UTC) - day_end - timedelta(minutes=2)
+    if not present or margin < timedelta(minutes=1):
+        error = f"no whole day partition before the cutoff ({name} present: {present}, now - day end {margin})"
+        return [Figure("6p_drop_day", "drop a day of raw points", None, "s", "", False, details={"error": error})]
+    retention_hours = margin.total_seconds() / 3600
+    log(f"  fig 6p: prune dropping {name} ({rows:,} rows) under paced ingest ...")
+    dropped = _prune_copy(cfg, retention_hours, batch_only=False, log=log)
+    log("  fig 6p: the same prune deleting those rows in batches ...")
+    batched = _prune_copy(cfg, retention_hours, batch_only=True, log=log)
+    drop_s = dropped["drop_end"] - dropped["drop_start"]
+    before, during = dropped["ingest_before"]["p99_ms"], dropped["ingest_during"]["p99_ms"]
+    common = {"partition": name, "rows_in_partition": rows, "drop_path": dropped, "batch_path": batched}
+    return [
+        Figure(
+            key="6p_drop_day",
+            title=f"drop a day of raw points ({rows:,} rows)",
+            value=round(drop_s, 3),
+            unit="s",
+            baseline=round(batched["seconds"], 2),
+            baseline_label="s to delete the same rows in batches",
+            ratio=ratio(drop_s, batched["seconds"]),
+            target="< 1 s",
+            passed=drop_s < 1 and dropped["dropped_rows"] == rows,
+            details=common,
+        ),
+        Figure(
+            key="6p_drop_ingest",
+            title="ingest p99 during the drop prune",
+            value=during,
+            unit="ms p99",
+            baseline=before,
+            baseline_label="ingest p99 ms before prune",
+            ratio=ratio(during, before),
+            target="ingest p99 unchanged (< 1.5x before); no errors",
+            passed=during is not None
+            and before is not None
+            and during < 1.5 * max(before, 5.0)
+            and dropped["ingest_during"]["errors"] == 0,
+            details={"partition": name},
+        ),
+    ]

@@ -4,7 +4,9 @@ A daemon thread in each server process (started by telemetry_project/asgi.py
 when TELEMETRY_SCHEDULER is on) rolls up completed minutes every
 ROLLUP_INTERVAL_SECONDS (with their 5-minute, 30-minute and hour tier
 windows), evaluates anomalies on them, sends due alert
-notifications every pass and prunes every PRUNE_INTERVAL_SECONDS. There is
+notifications every pass and prunes every PRUNE_INTERVAL_SECONDS (on
+PostgreSQL a prune first creates the coming days' raw point partitions,
+metrics.maintenance.partitions). There is
 no other runner (deployments need no cron or prune container); `manage.py
 prune` is the same prune by hand. Several
 instances may run it at once: roll_up serialises on the RollupState row and

@@ -87,11 +87,11 @@ ws_sender_errors = _counter(
 )
 ws_summary_encodes = _counter(
     "ws_summary_encodes",
-    "telemetry_websocket_summary_encodes",
+    "telemetry_websocket_tick_encodes",
     "Summary frames encoded: one per tick and distinct filter, shared by its subscribers.",
 )
 ws_summary_frames = _counter(
-    "ws_summary_frames", "telemetry_websocket_summary_frames", "Summary frames queued for WebSocket clients."
+    "ws_summary_frames", "telemetry_websocket_tick_frames", "Summary frames queued for WebSocket clients."
 )
 ws_connections = Gauge("telemetry_websocket_clients", "WebSocket clients connected to this process.", registry=REGISTRY)
 # By route (/metrics/query, /metrics/ingest, ...), in Prometheus' default buckets.

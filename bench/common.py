@@ -12,6 +12,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -135,6 +136,32 @@ def rss_mb(pid: int) -> float | None:
     except OSError:
         return None
     return None
+
+
+class RssSampler:
+    """A process's RSS every half second on a thread, from start() until stop(); `values` in MB."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.values: list[float] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            value = rss_mb(self.pid)
+            if value is not None:
+                self.values.append(value)
+            self._stop.wait(0.5)
+
+    def start(self) -> RssSampler:
+        self._thread.start()
+        return self
+
+    def stop(self) -> list[float]:
+        self._stop.set()
+        self._thread.join(5)
+        return self.values
 
 
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")

@@ -26,17 +26,25 @@ from __future__ import annotations
 import asyncio
 import math
 import multiprocessing as mp
-import threading
 import time
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import httpx
 import numpy as np
 import orjson
 
-from .common import Config, Figure, fresh_dir, latency_summary, pg_recreate, ratio, rss_mb, running_server
+from .common import (
+    Config,
+    Figure,
+    RssSampler,
+    cpu_seconds,
+    fresh_dir,
+    latency_summary,
+    pg_recreate,
+    ratio,
+    running_server,
+)
 
 DB = "telemetry_bench_summary"
 SERVICES = [f"bench-{i}" for i in range(10)]
@@ -160,14 +168,6 @@ async def _send(url: str, rate: float, seconds: float) -> dict[str, Any]:
 # --- one run -------------------------------------------------------------------------------
 
 
-def _cpu_seconds(pid: int) -> float | None:
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return None
-    return (int(fields[11]) + int(fields[12])) / 100.0  # utime + stime, in clock ticks of 1/100 s
-
-
 def summary_run(server: Any, clients: int, processes: int, rate: float, seconds: float, log: Any) -> dict[str, Any]:
     ctx = mp.get_context("spawn")
     ready = ctx.Value("i", 0)
@@ -186,25 +186,14 @@ def summary_run(server: Any, clients: int, processes: int, rate: float, seconds:
         time.sleep(0.1)
     connect_seconds = time.time() - t0
     log(f"    {ready.value}/{clients} clients subscribed in {connect_seconds:.1f} s; {rate:,.0f} points/s ...")
-    rss: list[float] = []
-    stop_sampling = threading.Event()
-
-    def sample() -> None:
-        while not stop_sampling.is_set():
-            value = rss_mb(server.proc.pid)
-            if value is not None:
-                rss.append(value)
-            stop_sampling.wait(0.5)
-
-    sampler = threading.Thread(target=sample, daemon=True)
-    sampler.start()
-    cpu0 = _cpu_seconds(server.proc.pid)
-    receivers0 = [_cpu_seconds(p.pid or 0) for p in procs]
+    sampler = RssSampler(server.proc.pid).start()
+    cpu0 = cpu_seconds(server.proc.pid)
+    receivers0 = [cpu_seconds(p.pid or 0) for p in procs]
     window_start = time.time()
     sent = asyncio.run(_send(server.url + "/metrics/ingest", rate, seconds))
     window_end = time.time()
-    cpu1 = _cpu_seconds(server.proc.pid)
-    receivers1 = [_cpu_seconds(p.pid or 0) for p in procs]
+    cpu1 = cpu_seconds(server.proc.pid)
+    receivers1 = [cpu_seconds(p.pid or 0) for p in procs]
     # Two more ticks: the points of the last request are in a frame that closes after it.
     stop_at.value = window_end + 3.0
     results: list[dict[str, Any]] = []
@@ -217,8 +206,7 @@ def summary_run(server: Any, clients: int, processes: int, rate: float, seconds:
         p.join(10)
         if p.is_alive():
             p.kill()
-    stop_sampling.set()
-    sampler.join(5)
+    rss = sampler.stop()
     health = httpx.get(server.url + "/metrics/health", timeout=30).json()["streaming"]
     ok = [r for r in results if "error" not in r]
     # The ticks every client must have: each whole second of the sending window.

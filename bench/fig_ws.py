@@ -26,7 +26,6 @@ from __future__ import annotations
 import asyncio
 import multiprocessing as mp
 import os
-import threading
 import time
 from datetime import UTC, datetime
 from typing import Any
@@ -39,13 +38,13 @@ from .common import (
     CORES,
     Config,
     Figure,
+    RssSampler,
     cpu_seconds,
     fresh_dir,
     latency_summary,
     machine_busy_seconds,
     pg_recreate,
     ratio,
-    rss_mb,
     running_server,
 )
 
@@ -394,18 +393,7 @@ def stream_run(
         f"    {ready.value}/{clients} clients ({probes} probes) subscribed in {connect_seconds:.1f} s;"
         f" sending {planned:,} points ..."
     )
-    rss: list[float] = []
-    stop_sampling = threading.Event()
-
-    def sample() -> None:
-        while not stop_sampling.is_set():
-            value = rss_mb(server.proc.pid)
-            if value is not None:
-                rss.append(value)
-            stop_sampling.wait(0.5)
-
-    sampler = threading.Thread(target=sample, daemon=True)
-    sampler.start()
+    sampler = RssSampler(server.proc.pid).start()
     pids = {"server": server.proc.pid, "loadgen": os.getpid()}
     pids |= {f"receiver{i}_{role}x{n}": p.pid for i, ((role, n), p) in enumerate(zip(groups, procs, strict=True))}
     cpu_before = cpu_snapshot(pids)
@@ -424,8 +412,7 @@ def stream_run(
         p.join(10)
         if p.is_alive():
             p.kill()
-    stop_sampling.set()
-    sampler.join(5)
+    rss = sampler.stop()
     ok_clients = [r for r in results if "error" not in r]
     errors = [r["error"] for r in results if "error" in r]
     latencies = np.concatenate([r["latencies"] for r in ok_clients]) if ok_clients else np.array([])

@@ -338,3 +338,19 @@ def test_two_writers_locking_the_same_services_in_opposite_orders_both_commit():
     second = group_of(other, (touch_service, "right", both_hold), (touch_service, "left"))
     assert [job.future.result(WAIT) for job in first + second] == ["left", "right", "right", "left"]
     assert stats.snapshot()["ingest_group_retries"] == retries + 1
+
+
+def queries_logged_on_this_thread() -> int:
+    return len(connection.queries_log)
+
+
+def test_with_debug_on_the_writers_query_log_holds_its_current_group_not_every_group_since_start(settings):
+    """The writer serves no request, so nothing cleared its DEBUG query log: each batch INSERT stayed in it with its
+    literal values, up to Django's 9,000 entries, and a `make run` demo or a soak grew by hundreds of megabytes."""
+    settings.DEBUG = True
+    writer = GroupWriter()
+    first = writer.submit(queries_logged_on_this_thread).future.result(WAIT)
+    for name in ("a", "b", "c", "d", "e"):
+        writer.submit(store_service, name).future.result(WAIT)
+    assert stored() == {"a", "b", "c", "d", "e"}
+    assert writer.submit(queries_logged_on_this_thread).future.result(WAIT) == first

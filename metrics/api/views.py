@@ -15,13 +15,14 @@ from typing import Any
 
 from asgiref.sync import sync_to_async
 from django.conf import settings
-from django.db import close_old_connections, connection
+from django.db import connection
 from django.http import HttpRequest, HttpResponse
 from django.views.decorators.csrf import csrf_exempt
 
 from metrics import stats
 from metrics.api.access import api_access
 from metrics.api.errors import FastJsonResponse, api_view, json_body
+from metrics.dbwork import unit_of_work_starts
 from metrics.errors import ApiError, error_item
 from metrics.ingest.validation import parse_json
 from metrics.ingest.writer import answer_seconds
@@ -37,15 +38,15 @@ def _on_pooled_thread(func: Any) -> Any:
     sync_to_async's thread-sensitive default gives every request a new thread
     and so a new database connection (connect plus the PRAGMAs on SQLite): a
     third of a single-point ingest in the profile (docs/performance.md). Pool
-    threads keep theirs; close_old_connections() first drops one that errored
-    or outlived CONN_MAX_AGE, as Django does at each request start.
+    threads keep theirs; unit_of_work_starts() first does what Django does at
+    each request start (drop a broken or old connection, clear the query log).
     """
 
     if not settings.TELEMETRY.get("DB_THREAD_POOL", True):
         return sync_to_async(func)
 
     def run(*args: Any) -> Any:
-        close_old_connections()
+        unit_of_work_starts()
         return func(*args)
 
     return sync_to_async(run, thread_sensitive=False)

@@ -28,9 +28,10 @@ from typing import Any
 
 from asgiref.sync import sync_to_async
 from django.conf import settings
-from django.db import close_old_connections, connection, transaction
+from django.db import connection, transaction
 
 from metrics import stats
+from metrics.dbwork import unit_of_work_starts
 
 log = logging.getLogger(__name__)
 
@@ -154,9 +155,7 @@ class GroupWriter:
     def _run(self) -> None:
         while True:
             group = self._next_group()
-            # Drop a connection that errored or outlived CONN_MAX_AGE, as
-            # Django does at the start of every request.
-            close_old_connections()
+            unit_of_work_starts()
             try:
                 self._commit_group(group)
             except BaseException as exc:  # noqa: BLE001 - every waiting client must get an answer

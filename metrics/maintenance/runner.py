@@ -21,7 +21,9 @@ import threading
 import time
 
 from django.conf import settings
-from django.db import close_old_connections, connections
+from django.db import connections
+
+from metrics.dbwork import unit_of_work_starts
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +56,7 @@ class Scheduler:
 
         conf = settings.TELEMETRY
         now = time.monotonic() if now_monotonic is None else now_monotonic
-        close_old_connections()
+        unit_of_work_starts()
         outbox.tick()  # due notifications: every pass, each send bounded by its timeout
         if self.last_prune is None or now - self.last_prune >= conf["PRUNE_INTERVAL_SECONDS"]:
             report = retention.prune()

@@ -14,6 +14,7 @@ import contextlib
 import json
 import sqlite3
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -22,6 +23,7 @@ from django.db import OperationalError, connection
 
 from metrics import stats
 from metrics.ingest import writer as process_writer
+from metrics.ingest.store import lock_services
 from metrics.ingest.writer import ABANDONED, COMMITTING, MAX_GROUP_JOBS, Abandoned, GroupWriter, wait
 from metrics.models import Point, Series, Service
 
@@ -337,7 +339,64 @@ def test_two_writers_locking_the_same_services_in_opposite_orders_both_commit():
     first = group_of(one, (touch_service, "left", both_hold), (touch_service, "right"))
     second = group_of(other, (touch_service, "right", both_hold), (touch_service, "left"))
     assert [job.future.result(WAIT) for job in first + second] == ["left", "right", "right", "left"]
-    assert stats.snapshot()["ingest_group_retries"] == retries + 1
+    # Usually one victim; both backends' deadlock checks fire a second after the barrier, and now and then
+    # the second runs before the first victim's locks are gone, so both groups rerun (1 in ~10 runs here).
+    assert retries + 1 <= stats.snapshot()["ingest_group_retries"] <= retries + 2
+
+
+def touch_and_hold(name: str, holding: threading.Event, release: threading.Event) -> str:
+    touch_service(name)
+    holding.set()
+    assert release.wait(WAIT)
+    return name
+
+
+def a_writer_waits_on_a_row_lock() -> bool:
+    with connection.cursor() as cur:
+        cur.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND datname = current_database()"
+        )
+        return cur.fetchone()[0] > 0
+
+
+def test_groups_take_their_services_row_locks_in_name_order_first_so_two_processes_never_deadlock():
+    """Figure 14 on PostgreSQL: each job locked its own services in order, but a group runs its jobs in arrival
+    order, so two processes' groups deadlocked about once a second, each costing a second of deadlock_timeout."""
+    if connection.vendor != "postgresql":
+        pytest.skip("row-lock deadlocks need PostgreSQL: SQLite has one writer lock")
+    for name in ("left", "right"):
+        store_service(name)
+    one, other = GroupWriter(lock_first=lock_services), GroupWriter(lock_first=lock_services)
+    holding, release = threading.Event(), threading.Event()
+    retries = stats.snapshot()["ingest_group_retries"]
+    both = ("left", "right")
+    first = [
+        one.submit(touch_and_hold, "left", holding, release, locks=both),
+        one.submit(touch_service, "right", locks=both),
+    ]
+    assert holding.wait(WAIT)
+    second = [other.submit(touch_service, "right", locks=both), other.submit(touch_service, "left", locks=both)]
+    deadline = time.monotonic() + WAIT
+    while not a_writer_waits_on_a_row_lock():
+        assert time.monotonic() < deadline, "the second group never waited for the first one's locks"
+        time.sleep(0.01)
+    release.set()
+    assert [job.future.result(WAIT) for job in first + second] == ["left", "right", "right", "left"]
+    assert stats.snapshot()["ingest_group_retries"] == retries
+
+
+def test_an_ingest_names_its_services_so_its_group_locks_them_first(client, monkeypatch):
+    locked: list[list[str]] = []
+
+    def recording(names: list[str]) -> None:
+        locked.append(names)
+        lock_services(names)
+
+    monkeypatch.setattr(process_writer.writer, "lock_first", recording)
+    points = [{"service": s, "metric_type": "cpu", "value": 1.0} for s in ("web", "api", "web")]
+    response = client.post("/metrics/ingest", data=json.dumps(points), content_type="application/json")
+    assert response.status_code == 200, response.content
+    assert locked == [["api", "web"]]
 
 
 def queries_logged_on_this_thread() -> int:

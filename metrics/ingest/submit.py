@@ -97,7 +97,8 @@ async def submit(credentials: Credentials, body: bytes, protocol: Protocol) -> R
             # A wrong key is the first thing its client must hear, bad body or not.
             await _key_check(credentials)
         raise
-    result = await write(store_prepared, credentials, prepared.rows, prepared, weight=len(body))
+    services = prepared.digest.services if prepared.digest is not None else ()
+    result = await write(store_prepared, credentials, prepared.rows, prepared, weight=len(body), locks=services)
     return finish(prepared, result)
 
 

@@ -22,7 +22,7 @@ import contextlib
 import logging
 import queue
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from concurrent.futures import Future
 from typing import Any
 
@@ -32,6 +32,7 @@ from django.db import connection, transaction
 
 from metrics import stats
 from metrics.dbwork import unit_of_work_starts
+from metrics.ingest.store import lock_services
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +48,7 @@ QUEUED, RUNNING, COMMITTING, DONE, ABANDONED = "queued", "running", "committing"
 
 
 class _Job:
-    __slots__ = ("func", "args", "future", "weight", "state", "waiter")
+    __slots__ = ("func", "args", "future", "weight", "locks", "state", "waiter")
 
     def __init__(
         self,
@@ -55,11 +56,13 @@ class _Job:
         args: tuple[Any, ...],
         weight: int,
         loop: asyncio.AbstractEventLoop | None = None,
+        locks: Collection[str] = (),
     ) -> None:
         self.func = func
         self.args = args
         self.future: Future[Any] = Future()
         self.weight = weight
+        self.locks = locks
         self.state = QUEUED
         # The future a coroutine awaits on `loop`: _wake hands it the outcome, one loop wake-up per group.
         self.waiter: asyncio.Future[Any] | None = loop.create_future() if loop is not None else None
@@ -90,25 +93,34 @@ class _LateAbandon(Exception):
 
 
 class GroupWriter:
-    def __init__(self, max_group_weight: int = 4 * 1024 * 1024) -> None:
+    """`lock_first(keys)`, when given, runs at the start of every group's transaction with the sorted
+    union of its jobs' `locks`: it takes those rows' locks in that order, so two processes' groups
+    never hold some of each other's rows (each job locks only its own, and a group of jobs in
+    arrival order deadlocked on PostgreSQL: one second lost to deadlock_timeout per collision)."""
+
+    def __init__(
+        self, max_group_weight: int = 4 * 1024 * 1024, lock_first: Callable[[list[str]], None] | None = None
+    ) -> None:
         self.max_group_weight = max_group_weight
+        self.lock_first = lock_first
         self._queue: queue.SimpleQueue[_Job] = queue.SimpleQueue()
         self._lock = threading.Lock()
         self._state_lock = threading.Lock()
         self._thread: threading.Thread | None = None
         self._carry: _Job | None = None
 
-    def submit(self, func: Callable[..., Any], *args: Any, weight: int = 1) -> _Job:
+    def submit(self, func: Callable[..., Any], *args: Any, weight: int = 1, locks: Collection[str] = ()) -> _Job:
         """Run func(*args) inside the next group's transaction; the future resolves after COMMIT.
 
-        `weight` (the request's body size) bounds how much one transaction holds.
-        Submitted from a coroutine, the job's `waiter` resolves on its loop too.
+        `weight` (the request's body size) bounds how much one transaction holds;
+        `locks` names what the job will lock, for lock_first. Submitted from a
+        coroutine, the job's `waiter` resolves on its loop too.
         """
         try:
             loop: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
         except RuntimeError:
             loop = None
-        job = _Job(func, args, weight, loop)
+        job = _Job(func, args, weight, loop, locks)
         self._ensure_thread()
         self._queue.put(job)
         return job
@@ -213,6 +225,15 @@ class GroupWriter:
                 for job in jobs:
                     job.state = COMMITTING  # abandon() now answers False: the client waits for the outcome
         with transaction.atomic():
+            if self.lock_first is not None:
+                keys = sorted({key for job in jobs for key in job.locks})
+                if keys:
+                    try:
+                        self.lock_first(keys)
+                    except Exception as exc:
+                        if rerun_on_deadlock and _is_deadlock(exc):
+                            raise _Deadlocked from exc
+                        raise
             for job in jobs:
                 with self._state_lock:
                     if job.state == ABANDONED:
@@ -271,21 +292,22 @@ def _deliver(jobs: list[_Job]) -> None:
             waiter.set_exception(exc)
 
 
-writer = GroupWriter()
+writer = GroupWriter(lock_first=lock_services)
 
 
-async def write(func: Callable[..., Any], *args: Any, weight: int = 1) -> Any:
+async def write(func: Callable[..., Any], *args: Any, weight: int = 1, locks: Collection[str] = ()) -> Any:
     """func(*args) in the writer's next group commit, awaited for at most DB_ANSWER_TIMEOUT_SECONDS.
 
     Raises TimeoutError when the group has not committed in time, and the
     caller answers 503: the job then never commits (a queued job is skipped,
     a running one rolls back, even after its savepoint). A job whose group
     was already committing when the time ran out gets its real answer instead.
+    `locks`: the services func will write (see GroupWriter).
     """
     if not settings.TELEMETRY.get("DB_THREAD_POOL", True):
         # The same group commit, inline on a thread of the caller's (no writer thread, no timeout).
         return await sync_to_async(write_now)(func, *args)
-    return await wait(writer, writer.submit(func, *args, weight=weight), answer_seconds())
+    return await wait(writer, writer.submit(func, *args, weight=weight, locks=locks), answer_seconds())
 
 
 def write_now(func: Callable[..., Any], *args: Any) -> Any:

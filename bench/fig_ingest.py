@@ -161,7 +161,9 @@ def run(cfg: Config, log: Any) -> list[Figure]:
         base = sqlite_baseline(base_dir / "telemetry.sqlite3", seconds)
         base_label = "sqlite3 executemany, same rows/table/indexes"
     r2 = ratio(metrics_per_s, base["metrics_per_s"])
-    ok2 = batched["errors"] == 0 and metrics_per_s >= 100_000 and r2 is not None and r2 >= 0.35
+    # Issue 17: >= 0.5x the bare insert; 100 k/s on SQLite, 60 k/s on PostgreSQL.
+    floor = 60_000 if cfg.postgres else 100_000
+    ok2 = batched["errors"] == 0 and metrics_per_s >= floor and r2 is not None and r2 >= 0.5
     figures.append(
         Figure(
             key="2_ingest_batched",
@@ -171,7 +173,7 @@ def run(cfg: Config, log: Any) -> list[Figure]:
             baseline=round(base["metrics_per_s"]),
             baseline_label=base_label,
             ratio=r2,
-            target=">= 100,000/s and >= 0.35x baseline",
+            target=f">= {floor:,}/s and >= 0.5x baseline",
             passed=ok2,
             details={"wrk": batched, "baseline": base},
         )

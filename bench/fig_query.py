@@ -78,7 +78,8 @@ def queries(now: datetime) -> dict[str, dict[str, Any]]:
     }
 
 
-TARGETS_MS = {"a": 20.0, "b": 50.0, "c": 100.0}
+# Issue 17 (round 2); round 1 asked 20 / 50 / 100 ms.
+TARGETS_MS = {"a": 15.0, "b": 30.0, "c": 50.0}
 TITLES = {"a": "query 1 h raw, one series", "b": "query 24 h auto, 5 services", "c": "query 7 d rollups, 5 services"}
 
 
@@ -205,7 +206,9 @@ def prune_figure(cfg: Config, data_dir: Path, dataset: Any, log: Any) -> Figure:
     during = summary([s for s in samples if t0 <= s[0] < prune_end])
     quiet = summary([s for s in samples if s[0] < quiet_end])
     p99 = during["p99_ms"]
-    ok = proc.returncode == 0 and prune_seconds < 60 and p99 is not None and p99 < 200 and during["errors"] == 0
+    # Issue 17: p99 during the prune under 2x its value before (round 1 asked < 200 ms).
+    slowdown = ratio(p99, quiet["p99_ms"])
+    ok = proc.returncode == 0 and prune_seconds < 60 and slowdown is not None and slowdown < 2 and during["errors"] == 0
     return Figure(
         key="6_prune",
         title="prune 2.16M rows (rollup+delete)",
@@ -213,8 +216,8 @@ def prune_figure(cfg: Config, data_dir: Path, dataset: Any, log: Any) -> Figure:
         unit="s",
         baseline=quiet["p99_ms"],
         baseline_label="ingest p99 ms before prune",
-        ratio=ratio(p99, quiet["p99_ms"]),
-        target="< 60 s; ingest p99 < 200 ms meanwhile",
+        ratio=slowdown,
+        target="< 60 s; ingest p99 meanwhile < 2x before",
         passed=ok,
         details={
             "prune_output": (proc.stdout + proc.stderr)[-1500:],

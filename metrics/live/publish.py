@@ -8,7 +8,9 @@ published after commit and never awaited by the ingest answer:
   `group_send` would deep-copy it per group member for nothing.
 - Any other layer (Redis): a per-loop publisher sends the messages one after
   another with `group_send`, so their order is kept and a slow layer backs up
-  a bounded queue instead of the ingest path. A failure (Redis down, timeout)
+  a bounded queue instead of the ingest path. What waits in the queue when a
+  send starts leaves merged, as one message (a writer group's requests are
+  announced in one loop iteration, so they travel together, as in memory). A failure (Redis down, timeout)
   is logged, counted in metrics.stats and makes /metrics/health report the
   channel layer as degraded; ingestion answers exactly as before.
 """
@@ -33,6 +35,8 @@ SEND_TIMEOUT = 2.0
 # (and counted) instead of each waiting out SEND_TIMEOUT against a dead layer.
 RETRY_AFTER = 1.0
 MAX_BACKLOG = 1000
+# Points in one merged message: a few hundred kilobytes through Redis at most.
+MAX_MERGED_POINTS = 5000
 DEGRADED_FOR_SECONDS = 30.0
 
 
@@ -48,15 +52,15 @@ def _failed(reason: str, dropped: int = 0) -> None:
     log.warning("broadcast failed: %s", reason)
 
 
-async def send(msg: dict[str, Any]) -> bool:
-    """group_send one message with a timeout; report, never raise, a failure."""
+async def send(msg: dict[str, Any], requests: int = 1) -> bool:
+    """group_send one message (carrying `requests` requests' announcements) with a timeout; report, never raise."""
     layer = get_channel_layer()
     if layer is None:
         return True
     try:
         await asyncio.wait_for(layer.group_send(GROUP, msg), SEND_TIMEOUT)
     except Exception as exc:  # any layer failure is reported, never raised into ingestion
-        _failed(f"{type(exc).__name__}: {exc}", dropped=1)
+        _failed(f"{type(exc).__name__}: {exc}", dropped=requests)
         return False
     stats.broadcasts.inc()
     return True
@@ -98,9 +102,27 @@ class _Publisher:
                     self.queue.clear()
                     stats.broadcast_dropped.inc(dropped)
                     break
-                await send(self.queue.popleft())
+                await send(*self._take())
         finally:
             self.task = None
+
+    def _take(self) -> tuple[dict[str, Any], int]:
+        """The oldest message and those queued behind it, merged in order (up to MAX_MERGED_POINTS points).
+
+        Through Redis every request used to be its own message, and so its own
+        frame to every client: figure 5 on PostgreSQL + Redis sent ~1.8x the
+        frames per point the in-memory layer needed and saturated the loop.
+        """
+        first = self.queue.popleft()
+        if not self.queue or len(first["points"]) + len(self.queue[0]["points"]) > MAX_MERGED_POINTS:
+            return first, 1
+        points, alerts, taken = list(first["points"]), list(first["alerts"]), 1
+        while self.queue and len(points) + len(self.queue[0]["points"]) <= MAX_MERGED_POINTS:
+            queued = self.queue.popleft()
+            points += queued["points"]
+            alerts += queued["alerts"]
+            taken += 1
+        return message(points, alerts), taken
 
 
 _publishers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Publisher] = weakref.WeakKeyDictionary()

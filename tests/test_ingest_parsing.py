@@ -26,9 +26,9 @@ def handed_to_writer(frozen, monkeypatch, telemetry):
     seen: list[tuple] = []
     real_submit = writer_module.writer.submit
 
-    def recording_submit(func, *args, weight=1):
+    def recording_submit(func, *args, weight=1, locks=()):
         seen.append(args)
-        return real_submit(func, *args, weight=weight)
+        return real_submit(func, *args, weight=weight, locks=locks)
 
     monkeypatch.setattr(writer_module.writer, "submit", recording_submit)
     return seen

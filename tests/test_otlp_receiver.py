@@ -234,9 +234,9 @@ def test_the_request_is_mapped_before_it_is_queued_and_the_writer_only_checks_th
     monkeypatch.setattr(submit, "store", spy("store", submit.store))
     real_write = submit.write
 
-    async def write(func, *args, weight):
+    async def write(func, *args, weight, locks=()):
         events.append("queued")
-        return await real_write(func, *args, weight=weight)
+        return await real_write(func, *args, weight=weight, locks=locks)
 
     monkeypatch.setattr(submit, "write", write)
     _, raw = ApiKey.generate("collector")
